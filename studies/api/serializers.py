@@ -1,0 +1,196 @@
+"""Serializers: everything derived from the DICOM file is read-only."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+from rest_framework.reverse import reverse
+
+from .. import selectors
+from ..models import Instance, Series, Study
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error response."""
+
+    error = serializers.CharField(help_text="A sentence saying what went wrong.")
+    code = serializers.CharField(help_text="A stable machine-readable code, e.g. invalid_dicom, conflict, not_found.")
+
+
+class ConflictSerializer(ErrorSerializer):
+    """409: the owner already has this SOP Instance UID with other content."""
+
+    id = serializers.UUIDField(help_text="The existing instance.")
+
+
+class UploadSerializer(serializers.Serializer):
+    """multipart/form-data upload of one DICOM file."""
+
+    file = serializers.FileField(help_text="The DICOM Part-10 file.")
+
+
+class TagValueSerializer(serializers.Serializer):
+    """One header element found by a tag expression."""
+
+    tag = serializers.CharField(help_text="(gggg,eeee)")
+    keyword = serializers.CharField(help_text="DICOM keyword, empty for private tags.")
+    name = serializers.CharField()
+    vr = serializers.CharField()
+    value = serializers.JSONField(
+        help_text="Scalar for one value, list for several, null when empty; person names as strings; "
+        "sequences as lists of DICOM JSON items; Pixel Data and values over 1 KiB as a summary object."
+    )
+    path = serializers.CharField(help_text="The expression in keyword form.")
+    private_creator = serializers.CharField(required=False)
+
+
+def _link(view_name: str, pk, request) -> str:
+    return reverse(view_name, args=[pk], request=request)
+
+
+class InstanceSerializer(serializers.ModelSerializer):
+    """Catalogue metadata of one instance, with where it is stored and links to its resources."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="instance-detail")
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
+    series_instance_uid = serializers.CharField(source="series.series_instance_uid", read_only=True)
+    storage = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Instance
+        fields = [
+            "id", "url", "owner", "study", "series", "study_instance_uid", "series_instance_uid",
+            "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "modality", "instance_number",
+            "patient_name", "patient_id", "study_date", "accession_number", "study_description",
+            "series_description", "rows", "columns", "number_of_frames", "samples_per_pixel",
+            "photometric_interpretation", "bits_allocated", "bits_stored", "pixel_representation",
+            "has_pixel_data", "original_filename", "size", "sha256", "uploaded_at", "storage", "links",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {"type": "object", "properties": {"backend": {"type": "string"}, "key": {"type": "string"}}}
+    )
+    def get_storage(self, obj: Instance) -> dict:
+        storage = obj.file.storage
+        return {"backend": f"{type(storage).__module__}.{type(storage).__name__}", "key": obj.file.name}
+
+    @extend_schema_field(
+        {"type": "object", "additionalProperties": {"type": "string", "format": "uri"}}
+    )
+    def get_links(self, obj: Instance) -> dict:
+        request = self.context.get("request")
+        links = {
+            "file": _link("instance-file", obj.pk, request),
+            "tags": _link("instance-tags", obj.pk, request),
+            "study": _link("study-detail", obj.study_id, request),
+            "series": _link("series-detail", obj.series_id, request),
+        }
+        if obj.has_pixel_data:
+            links["image"] = _link("instance-image", obj.pk, request)
+        return links
+
+
+class UploadResultSerializer(InstanceSerializer):
+    """An upload's answer: the instance, and whether identical bytes were already there."""
+
+    duplicate = serializers.SerializerMethodField()
+
+    class Meta(InstanceSerializer.Meta):
+        fields = [*InstanceSerializer.Meta.fields, "duplicate"]
+        read_only_fields = fields
+
+    def get_duplicate(self, obj: Instance) -> bool:
+        return bool(self.context.get("duplicate", False))
+
+
+class InstanceSummarySerializer(serializers.ModelSerializer):
+    """An instance as a child of its series."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="instance-detail")
+
+    class Meta:
+        model = Instance
+        fields = ["id", "url", "sop_instance_uid", "instance_number", "number_of_frames", "has_pixel_data", "uploaded_at"]
+        read_only_fields = fields
+
+
+class SeriesSummarySerializer(serializers.ModelSerializer):
+    """A series as a child of its study."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="series-detail")
+    instance_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Series
+        fields = ["id", "url", "series_instance_uid", "modality", "series_number", "series_description", "instance_count"]
+        read_only_fields = fields
+
+
+class StudySerializer(serializers.ModelSerializer):
+    """A study with counts of its series and instances."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="study-detail")
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    series_count = serializers.IntegerField(read_only=True)
+    instance_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Study
+        fields = [
+            "id", "url", "owner", "study_instance_uid", "patient_name", "patient_id", "patient_birth_date",
+            "patient_sex", "study_date", "study_time", "study_id", "accession_number", "study_description",
+            "referring_physician_name", "series_count", "instance_count", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class StudyDetailSerializer(StudySerializer):
+    """A study with its series."""
+
+    series = serializers.SerializerMethodField()
+
+    class Meta(StudySerializer.Meta):
+        fields = [*StudySerializer.Meta.fields, "series"]
+        read_only_fields = fields
+
+    @extend_schema_field(SeriesSummarySerializer(many=True))
+    def get_series(self, obj: Study) -> list:
+        return SeriesSummarySerializer(selectors.series_of_study(obj), many=True, context=self.context).data
+
+
+class SeriesSerializer(serializers.ModelSerializer):
+    """A series with its study and instance count."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="series-detail")
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
+    instance_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Series
+        fields = [
+            "id", "url", "owner", "study", "study_instance_uid", "series_instance_uid", "modality",
+            "series_number", "series_description", "body_part_examined", "instance_count", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class SeriesDetailSerializer(SeriesSerializer):
+    """A series with its instances."""
+
+    instances = serializers.SerializerMethodField()
+
+    class Meta(SeriesSerializer.Meta):
+        fields = [*SeriesSerializer.Meta.fields, "instances"]
+        read_only_fields = fields
+
+    @extend_schema_field(InstanceSummarySerializer(many=True))
+    def get_instances(self, obj: Series) -> list:
+        return InstanceSummarySerializer(selectors.instances_of_series(obj), many=True, context=self.context).data
+
+
+DICOM_JSON_SCHEMA = OpenApiTypes.OBJECT

@@ -1,0 +1,18 @@
+"""API routes under /api/."""
+
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+router = DefaultRouter()
+# No ".json" suffix routes: a tag expression may contain dots.
+router.include_format_suffixes = False
+router.register("instances", views.InstanceViewSet, basename="instance")
+router.register("studies", views.StudyViewSet, basename="study")
+router.register("series", views.SeriesViewSet, basename="series")
+
+urlpatterns = [
+    path("auth/token/", views.TokenView.as_view(), name="auth-token"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,323 @@
+"""REST API viewsets: parse the request, call a selector or service, serialize. Nothing more."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import JSONParser
+from rest_framework.response import Response
+
+from .. import imaging, selectors, services
+from ..dicom import rendering, tags
+from ..errors import InvalidUpload, MissingFile, ServiceError, UploadTooLarge
+from ..uploads import StagedFile, stage_stream
+from .parsers import DicomParser, StagingMultiPartParser
+from .serializers import (
+    ConflictSerializer,
+    ErrorSerializer,
+    InstanceSerializer,
+    SeriesDetailSerializer,
+    SeriesSerializer,
+    StudyDetailSerializer,
+    StudySerializer,
+    TagValueSerializer,
+    UploadResultSerializer,
+    UploadSerializer,
+)
+
+UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+
+def errors(*statuses: int, **described: str) -> dict:
+    """OpenAPI responses for error statuses, all with the one error shape."""
+    texts = {
+        400: "Invalid input.",
+        401: "Not authenticated.",
+        404: "No such object in your catalogue.",
+        409: "Conflict.",
+        413: "Upload too large.",
+        415: "Unsupported media type.",
+        422: "The image cannot be rendered.",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=described.get(f"e{code}", texts[code])) for code in statuses}
+
+
+class BinaryNegotiation(BaseContentNegotiation):
+    """For actions answering with bytes: errors are always JSON whatever the Accept header says."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+IMAGE_PARAMETERS = [
+    OpenApiParameter("frame", int, description="1-based frame number (default 1); out of range → 400"),
+    OpenApiParameter("window", str, description="center,width[,linear|linear-exact|sigmoid], e.g. 40,400"),
+    OpenApiParameter(
+        "preset", str, enum=list(rendering.PRESET_NAMES),
+        description="Named window: lung -600/1500, bone 400/1800, brain 40/80, soft-tissue 50/400, abdomen 60/400; "
+        "minmax (the frame's range); default (the file's own VOI).",
+    ),
+    OpenApiParameter("size", int, description="Fit in size x size pixels, keeping the aspect ratio (max 4096)"),
+    OpenApiParameter("width", int, description="Output width (keeps aspect unless height is also given: fit in the box)"),
+    OpenApiParameter("height", int, description="Output height"),
+    OpenApiParameter("format", str, enum=list(rendering.FORMATS), description="Image format; else from the Accept header"),
+    OpenApiParameter("quality", int, description="JPEG/WebP quality 1-100 (default 90)"),
+    OpenApiParameter("bits", int, enum=[8, 16], description="16: a 16-bit greyscale PNG of the windowed values"),
+]
+
+
+class InstanceFilterParams:
+    """Query parameters of the instance list, for the OpenAPI schema."""
+
+    parameters = [
+        OpenApiParameter("study", str, description="Study Instance UID"),
+        OpenApiParameter("series", str, description="Series Instance UID"),
+        OpenApiParameter("modality", str, description="Modality, e.g. CT (case-insensitive)"),
+        OpenApiParameter("patient_id", str, description="Patient ID (exact)"),
+        OpenApiParameter("search", str, description="Text in patient name/ID, accession number, descriptions, or an exact UID"),
+    ]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your instances", parameters=InstanceFilterParams.parameters, responses={200: InstanceSerializer, **errors(401)}),
+    retrieve=extend_schema(summary="Instance metadata", responses={200: InstanceSerializer, **errors(401, 404)}),
+    destroy=extend_schema(summary="Delete an instance and its stored file", responses={204: None, **errors(401, 404)}),
+)
+class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """DICOM instances: upload, list, metadata, header tags, image, original file, delete."""
+
+    serializer_class = InstanceSerializer
+    lookup_value_regex = UUID_PATTERN
+    parser_classes = [StagingMultiPartParser, DicomParser, JSONParser]
+
+    def get_queryset(self):
+        if self.action == "list":
+            params = self.request.query_params
+            return selectors.instance_list(
+                user=self.request.user,
+                study=params.get("study"),
+                series=params.get("series"),
+                modality=params.get("modality"),
+                patient_id=params.get("patient_id"),
+                search=params.get("search"),
+            )
+        return selectors.instances_for(self.request.user)
+
+    def get_object(self):
+        if self.action in {"image", "thumbnail", "file"}:
+            fields = selectors.DISPLAY_FIELDS
+        elif self.action in {"tags", "tag"}:
+            fields = selectors.HEADER_FIELDS
+        else:
+            fields = None
+        instance = selectors.visible_instance(self.request.user, self.kwargs["pk"], fields=fields)
+        self.check_object_permissions(self.request, instance)
+        return instance
+
+    @extend_schema(
+        summary="Upload a DICOM file",
+        description=(
+            "Send the file as multipart field `file`, or as the raw body with `Content-Type: application/dicom`. "
+            "201: stored. 200 with `duplicate: true`: you already have these exact bytes. "
+            "409: you already have this SOP Instance UID with other content (`id` names it)."
+        ),
+        request={"multipart/form-data": UploadSerializer, "application/dicom": OpenApiTypes.BINARY},
+        responses={
+            201: UploadResultSerializer,
+            200: UploadResultSerializer,
+            **errors(400, 401, 413, 415),
+            409: ConflictSerializer,
+        },
+    )
+    def create(self, request):
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isascii() and length.isdigit() and int(length) > settings.DICOM_MAX_UPLOAD_BYTES + 64 * 1024:
+            raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
+        files = request.FILES.getlist("file")
+        if not files:
+            raise MissingFile(
+                "no file: send it as multipart field 'file' or as the body with Content-Type: application/dicom"
+            )
+        if len(files) > 1:
+            raise InvalidUpload("send one file per request (multipart field 'file' appears more than once)")
+        upload = files[0]
+        staged = upload if isinstance(upload, StagedFile) else stage_stream(upload, upload.name)
+        if staged.size == 0:
+            raise InvalidUpload("the file is empty")
+        result = services.ingest_instance(owner=request.user, staged=staged)
+        context = {**self.get_serializer_context(), "duplicate": not result.created}
+        data = UploadResultSerializer(result.instance, context=context).data
+        return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+    def perform_destroy(self, instance):
+        if not selectors.can_modify(self.request.user, instance):
+            raise PermissionDenied("you may view this instance, but only its owner or a superuser may delete it")
+        services.delete_instance(instance=instance)
+
+    @extend_schema(
+        summary="Download the original DICOM file",
+        responses={(200, "application/dicom"): OpenApiTypes.BINARY, **errors(401, 404)},
+    )
+    @action(detail=True, methods=["get"], url_path="file", content_negotiation_class=BinaryNegotiation)
+    def file(self, request, pk=None):
+        instance = self.get_object()
+        try:
+            handle = instance.file.open("rb")
+        except OSError:
+            raise ServiceError("the stored file is missing; an administrator has to restore it") from None
+        return FileResponse(
+            handle, as_attachment=True, filename=f"{instance.sop_instance_uid}.dcm", content_type="application/dicom"
+        )
+
+    @extend_schema(
+        summary="Header: all elements, or one by expression",
+        description=(
+            "Without `tag`: the whole header as DICOM JSON (PS3.18 Annex F). Pixel Data and values over 1 KiB "
+            "appear as `{\"vr\", \"BulkData\": {\"length\", ...}}` instead of inline bytes. "
+            "With `tag`: the one element it names (see the `/tags/{expr}/` route)."
+        ),
+        parameters=[OpenApiParameter("tag", str, description="Tag expression, e.g. (0010,0010), 00100010, PatientName")],
+        responses={200: OpenApiTypes.OBJECT, **errors(400, 401, 404)},
+    )
+    @action(detail=True, methods=["get"], url_path="tags")
+    def tags(self, request, pk=None):
+        instance = self.get_object()
+        expr = request.query_params.get("tag")
+        if expr is None:
+            return Response(instance.header)
+        return Response(tags.lookup(instance.header, tags.parse_expression(expr)).as_dict())
+
+    @extend_schema(
+        summary="Header: one element by tag expression",
+        operation_id="instances_tag_retrieve",
+        description=(
+            "`expr` is `(0010,0010)`, `0010,0010`, `00100010`, a keyword such as `PatientName` (any case), a private "
+            "tag, or a path into sequences such as `ReferencedImageSequence[0].ReferencedSOPInstanceUID` or "
+            "`(0008,1140)[0].(0008,1155)`. An index on a multi-valued element picks one value (`ImageType[1]`). "
+            "400: malformed expression; 404: the element is absent (the message says which)."
+        ),
+        parameters=[OpenApiParameter("expr", str, OpenApiParameter.PATH, description="Tag expression")],
+        responses={200: TagValueSerializer, **errors(400, 401, 404)},
+    )
+    @action(detail=True, methods=["get"], url_path=r"tags/(?P<expr>[^/]+)", url_name="tag")
+    def tag(self, request, pk=None, expr=None):
+        instance = self.get_object()
+        return Response(tags.lookup(instance.header, tags.parse_expression(expr)).as_dict())
+
+    @extend_schema(
+        summary="Render a frame (PNG, JPEG or WebP)",
+        description=(
+            "Display pipeline (PS3.3 C.11): modality LUT (rescale or LUT sequence) → VOI (the requested window or "
+            "preset, else the file's first window with its VOI LUT function, else its first VOI LUT, else the "
+            "frame's min-max) → MONOCHROME1 inverted → colour (RGB, YBR, palette) → resize → encode. "
+            "Responses carry a strong ETag; If-None-Match gives 304. 404 when there is no pixel data; 422 when "
+            "the pixel data cannot be decoded (the message names the transfer syntax) or the frame is too large."
+        ),
+        parameters=IMAGE_PARAMETERS,
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            (200, "image/jpeg"): OpenApiTypes.BINARY,
+            (200, "image/webp"): OpenApiTypes.BINARY,
+            304: OpenApiResponse(description="Not modified (If-None-Match matched the ETag)."),
+            **errors(400, 401, 404, 422),
+        },
+    )
+    @action(detail=True, methods=["get"], url_path="image", content_negotiation_class=BinaryNegotiation)
+    def image(self, request, pk=None):
+        options = rendering.options_from_params(request.query_params, accept=request.META.get("HTTP_ACCEPT", ""))
+        return _image_response(request, self.get_object(), options)
+
+    @extend_schema(
+        summary="Thumbnail (default 256 px, JPEG)",
+        description="The first frame (or `frame`) with the file's default window, fitted in `size` (default 256).",
+        parameters=IMAGE_PARAMETERS,
+        responses={
+            (200, "image/jpeg"): OpenApiTypes.BINARY,
+            (200, "image/png"): OpenApiTypes.BINARY,
+            (200, "image/webp"): OpenApiTypes.BINARY,
+            304: OpenApiResponse(description="Not modified."),
+            **errors(400, 401, 404, 422),
+        },
+    )
+    @action(detail=True, methods=["get"], url_path="thumbnail", content_negotiation_class=BinaryNegotiation)
+    def thumbnail(self, request, pk=None):
+        options = rendering.options_from_params(
+            request.query_params,
+            accept=request.META.get("HTTP_ACCEPT", ""),
+            default_format="jpeg",
+            default_size=settings.DICOM_THUMBNAIL_SIZE,
+        )
+        return _image_response(request, self.get_object(), options)
+
+
+def _image_response(request, instance, options: rendering.RenderOptions) -> HttpResponse:
+    tag = imaging.etag(instance, options)
+    headers = {"ETag": tag, "Cache-Control": "private, max-age=86400", "Vary": "Accept, Authorization, Cookie"}
+    if tag in _etags(request.META.get("HTTP_IF_NONE_MATCH", "")):
+        return HttpResponseNotModified(headers=headers)
+    image = imaging.rendered_image(instance, options)
+    return HttpResponse(image.content, content_type=image.media_type, headers=headers)
+
+
+def _etags(header: str) -> set[str]:
+    return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401)}),
+    retrieve=extend_schema(summary="A study with its series", responses={200: StudyDetailSerializer, **errors(401, 404)}),
+)
+class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+    """Studies in your catalogue."""
+
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        return selectors.studies_for(self.request.user)
+
+    def get_serializer_class(self):
+        return StudyDetailSerializer if self.action == "retrieve" else StudySerializer
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your series", responses={200: SeriesSerializer, **errors(401)}),
+    retrieve=extend_schema(summary="A series with its instances", responses={200: SeriesDetailSerializer, **errors(401, 404)}),
+)
+class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
+    """Series in your catalogue."""
+
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        return selectors.series_for(self.request.user)
+
+    def get_serializer_class(self):
+        return SeriesDetailSerializer if self.action == "retrieve" else SeriesSerializer
+
+
+class TokenView(ObtainAuthToken):
+    """Exchange a username and password for an API token (send it as `Authorization: Token <key>`)."""
+
+    @extend_schema(summary="Get an API token", responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}, **errors(400)})
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)
+
+
+def healthz(request):
+    """Liveness and database check, no login needed."""
+    try:
+        connection.ensure_connection()
+    except Exception:  # noqa: BLE001 - any database failure means "not healthy"
+        return JsonResponse({"status": "unavailable", "database": "down"}, status=503)
+    return JsonResponse({"status": "ok"})

@@ -1,0 +1,456 @@
+"""Read DICOM Part-10 files safely: validated header, summary metadata and DICOM JSON.
+
+Pure module: pydicom and the standard library only, no Django. Everything here must
+cope with hostile input: any failure of pydicom while reading becomes `InvalidDicom`
+with a human reason, never an unexpected exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+PREAMBLE_LENGTH = 128
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+# Values above these sizes are kept as a summary ({"vr", "BulkData": {"length"}}) rather than inline.
+DEFAULT_INLINE_BINARY_LIMIT = 1024
+DEFAULT_INLINE_TEXT_LIMIT = 64 * 1024
+# Deepest sequence nesting rendered into JSON; deeper items are summarised.
+MAX_JSON_DEPTH = 32
+# A deflated data set may not inflate beyond this (a few hundred KiB can expand to GiBs).
+DEFAULT_MAX_INFLATED_BYTES = 512 * 1024 * 1024
+UID_MAX_LENGTH = 64
+
+
+class InvalidDicom(ValueError):
+    """The input is not a DICOM file this service can catalogue; `str()` is a human reason."""
+
+
+@dataclass(frozen=True)
+class PixelDataInfo:
+    """Where the pixel data element is and how big it is, read without loading it."""
+
+    tag: int
+    vr: str
+    length: int
+    encapsulated: bool
+
+
+@dataclass(frozen=True)
+class ParsedDicom:
+    """The catalogue-relevant facts of one DICOM file plus its whole header as DICOM JSON."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str = ""
+    patient_name: str = ""
+    patient_id: str = ""
+    patient_birth_date: dt.date | None = None
+    patient_sex: str = ""
+    study_date: dt.date | None = None
+    study_time: str = ""
+    study_id: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    referring_physician_name: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    body_part_examined: str = ""
+    instance_number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int = 0
+    samples_per_pixel: int | None = None
+    photometric_interpretation: str = ""
+    bits_allocated: int | None = None
+    bits_stored: int | None = None
+    pixel_representation: int | None = None
+    pixel_data: PixelDataInfo | None = None
+    header: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def has_pixel_data(self) -> bool:
+        return self.pixel_data is not None
+
+
+class StoredBytesHasher:
+    """SHA-256 of a stream as it will be stored: the 128-byte preamble counted as zeros.
+
+    Feeding the upload through this while it streams to disk gives the digest of the
+    stored file (whose preamble `zero_preamble` clears) without a second read.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        if self.size < PREAMBLE_LENGTH:
+            n = min(PREAMBLE_LENGTH - self.size, len(view))
+            self._hash.update(bytes(n))
+            self._hash.update(view[n:])
+        else:
+            self._hash.update(view)
+        self.size += len(view)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def zero_preamble(fp: BinaryIO) -> None:
+    """Overwrite the 128-byte preamble with zeros (PS3.10 7.5; defeats polyglot files, CVE-2019-11687)."""
+    fp.seek(0)
+    fp.write(bytes(PREAMBLE_LENGTH))
+    fp.flush()
+    fp.seek(0)
+
+
+def parse_dicom(
+    fp: BinaryIO,
+    *,
+    inline_binary_limit: int = DEFAULT_INLINE_BINARY_LIMIT,
+    inline_text_limit: int = DEFAULT_INLINE_TEXT_LIMIT,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+) -> ParsedDicom:
+    """Validate and read a DICOM Part-10 file without loading its pixel data.
+
+    Refuses (InvalidDicom) anything pydicom cannot read without `force`, files without
+    a transfer syntax or the UIDs the catalogue is built on, and deflate bombs.
+    """
+    fp.seek(0, 2)
+    file_size = fp.tell()
+    fp.seek(0)
+    if file_size == 0:
+        raise InvalidDicom("the file is empty")
+    try:
+        ds = _read_header(fp, max_inflated_bytes=max_inflated_bytes)
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "").strip()
+        pixel_info = _pixel_data_info(ds, fp, file_size, transfer_syntax)
+        return _summarise(
+            ds,
+            transfer_syntax=transfer_syntax,
+            pixel_info=pixel_info,
+            inline_binary_limit=inline_binary_limit,
+            inline_text_limit=inline_text_limit,
+        )
+    except InvalidDicom:
+        raise
+    except pydicom.errors.InvalidDicomError as exc:
+        raise InvalidDicom(f"not a DICOM Part-10 file: {_first_line(exc)}") from exc
+    except RecursionError as exc:
+        raise InvalidDicom("the header nests sequences too deeply to read") from exc
+    except MemoryError as exc:
+        raise InvalidDicom("the header is too large to read") from exc
+    # Hostile or broken input makes pydicom raise almost anything (EOFError, OSError,
+    # struct.error, ValueError, KeyError, NotImplementedError...); all of it means "cannot read".
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidDicom(f"the DICOM header cannot be read ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else "no detail"
+
+
+def _read_header(fp: BinaryIO, *, max_inflated_bytes: int) -> Dataset:
+    # Read only the preamble and file meta first: for a deflated data set, pydicom would
+    # inflate everything before we could check its size.
+    pydicom.filereader.read_preamble(fp, False)
+    file_meta = pydicom.filereader._read_file_meta_info(fp)
+    transfer_syntax = str(file_meta.get("TransferSyntaxUID", "") or "").strip()
+    if not transfer_syntax:
+        raise InvalidDicom("the file meta information has no Transfer Syntax UID (0002,0010)")
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        _check_inflated_size(fp, max_inflated_bytes)
+    fp.seek(0)
+    return pydicom.dcmread(fp, stop_before_pixels=True)
+
+
+def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
+    """Inflate the deflated data set in bounded chunks, refusing it past `limit` bytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    while True:
+        chunk = fp.read(64 * 1024)
+        if not chunk:
+            break
+        try:
+            buf = inflater.decompress(chunk, 1024 * 1024)
+            total += len(buf)
+            # Bytes after the end of the deflate stream (pydicom pads odd lengths) stay in
+            # unconsumed_tail forever: stop at end of stream.
+            while inflater.unconsumed_tail and not inflater.eof and total <= limit:
+                buf = inflater.decompress(inflater.unconsumed_tail, 1024 * 1024)
+                total += len(buf)
+        except zlib.error as exc:
+            raise InvalidDicom(f"the deflated data set is corrupt ({exc})") from exc
+        if total > limit:
+            raise InvalidDicom(f"the deflated data set inflates beyond {limit} bytes")
+        if inflater.eof:
+            break
+
+
+def _pixel_data_info(ds: Dataset, fp: BinaryIO, file_size: int, transfer_syntax: str) -> PixelDataInfo | None:
+    """Read the pixel data element's header where `stop_before_pixels` left the file."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        # The inflated stream is not the file, so re-read it whole (its size is already bounded).
+        fp.seek(0)
+        full = pydicom.dcmread(fp, defer_size=1024)
+        for tag in PIXEL_TAGS:
+            if tag in full:
+                raw = full.get_item(tag)
+                length = getattr(raw, "length", None)
+                if length is None:
+                    length = len(raw.value or b"")
+                vr = _definite_vr(getattr(raw, "VR", None) or dictionary_VR(tag))
+                return PixelDataInfo(tag=tag, vr=vr, length=length, encapsulated=False)
+        return None
+    uid = UID(transfer_syntax)
+    try:
+        implicit, little = uid.is_implicit_VR, uid.is_little_endian
+    except ValueError:
+        implicit, little = False, True
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return None
+    endian = "<" if little else ">"
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    tag = (group << 16) | elem
+    if tag not in PIXEL_TAGS:
+        return None
+    if implicit:
+        vr = _definite_vr(dictionary_VR(tag))
+        (length,), header_len = struct.unpack(endian + "L", head[4:8]), 8
+    else:
+        vr = head[4:6].decode("ascii", "replace")
+        if vr in BINARY_VRS and len(head) >= 12:
+            (length,), header_len = struct.unpack(endian + "L", head[8:12]), 12
+        else:
+            (length,), header_len = struct.unpack(endian + "H", head[6:8]), 8
+    encapsulated = length == 0xFFFFFFFF
+    if encapsulated:
+        length = max(0, file_size - start - header_len)
+    return PixelDataInfo(tag=tag, vr=vr, length=int(length), encapsulated=encapsulated)
+
+
+def _definite_vr(vr: str) -> str:
+    """A single VR: the dictionary's "OB or OW" for pixel data is stored as OW (PS3.5 A.1)."""
+    return "OW" if " or " in str(vr) else str(vr)
+
+
+def _text(ds: Dataset, keyword: str, max_length: int = 255) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - an unreadable optional value is treated as absent
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = "\\".join(str(v) for v in value)
+    return clean_text(str(value)).strip()[:max_length]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            value = value[0] if value else None
+        if value is None or value == "":
+            return None
+        number = int(value)
+    except Exception:  # noqa: BLE001 - invalid IS/US values are treated as absent
+        return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+def _date(ds: Dataset, keyword: str) -> dt.date | None:
+    text = _text(ds, keyword, 32)
+    digits = text.replace(".", "")[:8]  # old ACR-NEMA style "1999.01.02" is still seen
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return None
+
+
+def _uid(ds: Dataset, keyword: str, *, required: bool, label: str) -> str:
+    value = _text(ds, keyword, 1024).rstrip("\x00 ")
+    if not value:
+        if required:
+            raise InvalidDicom(f"the file has no {label} ({keyword})")
+        return ""
+    if len(value) > UID_MAX_LENGTH:
+        raise InvalidDicom(f"the {label} is longer than {UID_MAX_LENGTH} characters")
+    return value
+
+
+def _summarise(
+    ds: Dataset,
+    *,
+    transfer_syntax: str,
+    pixel_info: PixelDataInfo | None,
+    inline_binary_limit: int,
+    inline_text_limit: int,
+) -> ParsedDicom:
+    sop_instance_uid = _uid(ds, "SOPInstanceUID", required=False, label="SOP Instance UID")
+    if not sop_instance_uid:
+        sop_instance_uid = _uid(ds.file_meta, "MediaStorageSOPInstanceUID", required=False, label="SOP Instance UID")
+    if not sop_instance_uid:
+        raise InvalidDicom("the file has no SOP Instance UID (SOPInstanceUID)")
+    frames = 0
+    if pixel_info is not None:
+        frames = max(1, _int(ds, "NumberOfFrames") or 1)
+    header = dataset_to_json(ds, inline_binary_limit=inline_binary_limit, inline_text_limit=inline_text_limit)
+    if pixel_info is not None:
+        header[f"{pixel_info.tag:08X}"] = {
+            "vr": pixel_info.vr,
+            "BulkData": {
+                "length": pixel_info.length,
+                "encapsulated": pixel_info.encapsulated,
+                "frames": frames,
+                "rows": _int(ds, "Rows"),
+                "columns": _int(ds, "Columns"),
+                "bits_allocated": _int(ds, "BitsAllocated"),
+                "transfer_syntax_uid": transfer_syntax,
+            },
+        }
+    return ParsedDicom(
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=_uid(ds, "SOPClassUID", required=False, label="SOP Class UID")
+        or _uid(ds.file_meta, "MediaStorageSOPClassUID", required=False, label="SOP Class UID"),
+        transfer_syntax_uid=transfer_syntax[:UID_MAX_LENGTH],
+        study_instance_uid=_uid(ds, "StudyInstanceUID", required=True, label="Study Instance UID"),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID", required=True, label="Series Instance UID"),
+        modality=_text(ds, "Modality", 16),
+        patient_name=_text(ds, "PatientName"),
+        patient_id=_text(ds, "PatientID", 64),
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex", 16),
+        study_date=_date(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime", 32),
+        study_id=_text(ds, "StudyID", 64),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        body_part_examined=_text(ds, "BodyPartExamined", 64),
+        instance_number=_int(ds, "InstanceNumber"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        number_of_frames=frames,
+        samples_per_pixel=_int(ds, "SamplesPerPixel"),
+        photometric_interpretation=_text(ds, "PhotometricInterpretation", 32),
+        bits_allocated=_int(ds, "BitsAllocated"),
+        bits_stored=_int(ds, "BitsStored"),
+        pixel_representation=_int(ds, "PixelRepresentation"),
+        pixel_data=pixel_info,
+        header=header,
+    )
+
+
+# --- DICOM JSON (PS3.18 Annex F) -------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """Make text safe for JSON and every database: no NUL, no lone surrogates."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN/Infinity are not valid JSON (PostgreSQL's jsonb refuses them)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def dataset_to_json(
+    ds: Dataset,
+    *,
+    inline_binary_limit: int = DEFAULT_INLINE_BINARY_LIMIT,
+    inline_text_limit: int = DEFAULT_INLINE_TEXT_LIMIT,
+    include_file_meta: bool = True,
+    _depth: int = 0,
+) -> dict[str, Any]:
+    """Convert a data set to DICOM JSON: 8-hex keys, "vr", Value / PN objects / nested items.
+
+    Large values are summarised as {"vr", "BulkData": {"length": n}}. An element whose value
+    pydicom cannot convert is kept as {"vr": "UN", "InlineBinary": <its raw bytes>}.
+    """
+    out: dict[str, Any] = {}
+    if include_file_meta and _depth == 0 and getattr(ds, "file_meta", None) is not None:
+        for tag in sorted(ds.file_meta.keys()):
+            out[f"{int(tag):08X}"] = _element_json(ds.file_meta, tag, inline_binary_limit, inline_text_limit, 0)
+    for tag in sorted(ds.keys()):
+        if int(tag) in PIXEL_TAGS:
+            continue
+        out[f"{int(tag):08X}"] = _element_json(ds, tag, inline_binary_limit, inline_text_limit, _depth)
+    return out
+
+
+def _element_json(ds: Dataset, tag: Any, bin_limit: int, text_limit: int, depth: int) -> dict[str, Any]:
+    raw = ds.get_item(tag)
+    vr = getattr(raw, "VR", None)
+    if not vr:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+        if " or " in vr:  # ambiguous dictionary VR such as "US or SS": pydicom resolves it on conversion
+            vr = None
+    raw_value = getattr(raw, "value", None)
+    length = getattr(raw, "length", None)
+    if isinstance(raw_value, (bytes, bytearray)) and length is not None and vr != "SQ":
+        limit = text_limit if vr in TEXT_VRS else bin_limit
+        if length > limit:
+            return {"vr": vr or "UN", "BulkData": {"length": int(length)}}
+    try:
+        elem = ds[tag]
+        vr = str(elem.VR)
+        if vr == "SQ":
+            if depth >= MAX_JSON_DEPTH:
+                return {"vr": "SQ", "BulkData": {"items": len(elem.value)}}
+            items = [
+                dataset_to_json(item, inline_binary_limit=bin_limit, inline_text_limit=text_limit, _depth=depth + 1)
+                for item in elem.value
+            ]
+            return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        value = elem.value
+        if isinstance(value, (bytes, bytearray)) and len(value) > (text_limit if vr in TEXT_VRS else bin_limit):
+            return {"vr": vr, "BulkData": {"length": len(value)}}
+        return _clean(elem.to_json_dict(None, bin_limit))
+    except Exception:  # noqa: BLE001 - a broken value must not make the whole header unreadable
+        data = raw_value if isinstance(raw_value, (bytes, bytearray)) else b""
+        if len(data) > bin_limit:
+            return {"vr": "UN", "BulkData": {"length": len(data)}}
+        return {"vr": "UN", "InlineBinary": base64.b64encode(bytes(data)).decode("ascii")} if data else {"vr": "UN"}

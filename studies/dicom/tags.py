@@ -1,0 +1,254 @@
+"""Tag expressions and lookups over a stored DICOM JSON header.
+
+An expression names one element, possibly inside sequences:
+
+    (0010,0010)   0010,0010   00100010   0x00100010   PatientName   patientname
+    ReferencedImageSequence[0].ReferencedSOPInstanceUID
+    (0008,1140)[0].(0008,1155)
+    ImageType[1]                       (index into a multi-valued element)
+
+Pure module: works on the DICOM JSON dict produced by `parsing.dataset_to_json`, no
+file I/O and no Django.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from pydicom.datadict import DicomDictionary, get_private_entry, keyword_for_tag
+
+MAX_EXPRESSION_LENGTH = 512
+MAX_STEPS = 16
+
+_STEP = re.compile(
+    r"""
+    (?:
+        \(\s*(?P<g1>[0-9A-Fa-f]{4})\s*,\s*(?P<e1>[0-9A-Fa-f]{4})\s*\)   # (0010,0010)
+      | (?P<g2>[0-9A-Fa-f]{4}),(?P<e2>[0-9A-Fa-f]{4})                      # 0010,0010
+      | (?:0[xX])?(?P<hex>[0-9A-Fa-f]{8})(?![0-9A-Za-z])                    # 00100010
+      | (?P<kw>[A-Za-z][A-Za-z0-9]*)                                         # PatientName
+    )
+    (?:\[\s*(?P<idx>-?\d+)\s*\])?                                             # [0]
+    """,
+    re.VERBOSE,
+)
+
+
+class TagExpressionError(ValueError):
+    """The expression is malformed or names no known attribute; `str()` says why."""
+
+
+class ElementNotFound(LookupError):
+    """The expression is valid but the header has no such element or item; `str()` says which."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One element of a path, with an optional item (sequence) or value (multi-valued) index."""
+
+    tag: int
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class TagValue:
+    """The answer to a lookup: where the element is, what it is, and its value."""
+
+    tag: str
+    keyword: str
+    name: str
+    vr: str
+    value: Any
+    path: str
+    private_creator: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {
+            "tag": self.tag,
+            "keyword": self.keyword,
+            "name": self.name,
+            "vr": self.vr,
+            "value": self.value,
+            "path": self.path,
+        }
+        if self.private_creator is not None:
+            data["private_creator"] = self.private_creator
+        return data
+
+
+@lru_cache(maxsize=1)
+def _keywords_by_lower() -> dict[str, int]:
+    return {entry[4].lower(): tag for tag, entry in DicomDictionary.items() if entry[4]}
+
+
+def _tag_for_keyword(word: str) -> int:
+    tag = _keywords_by_lower().get(word.lower())
+    if tag is None:
+        raise TagExpressionError(f"'{word}' is not a DICOM keyword; use a keyword such as PatientName or a tag such as (0010,0010)")
+    return tag
+
+
+def parse_expression(expr: str) -> tuple[Step, ...]:
+    """Parse an expression into steps, raising TagExpressionError with a clear reason."""
+    text = (expr or "").strip()
+    if not text:
+        raise TagExpressionError("the tag expression is empty")
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise TagExpressionError(f"the tag expression is longer than {MAX_EXPRESSION_LENGTH} characters")
+    steps: list[Step] = []
+    pos = 0
+    while True:
+        match = _STEP.match(text, pos)
+        if not match:
+            raise TagExpressionError(
+                f"cannot read a tag at position {pos + 1} of '{text}'; expected (gggg,eeee), gggg,eeee, ggggeeee or a keyword"
+            )
+        if match.group("kw"):
+            tag = _tag_for_keyword(match.group("kw"))
+        elif match.group("hex"):
+            tag = int(match.group("hex"), 16)
+        else:
+            group = match.group("g1") or match.group("g2")
+            element = match.group("e1") or match.group("e2")
+            tag = int(group + element, 16)
+        index = match.group("idx")
+        if index is not None and int(index) < 0:
+            raise TagExpressionError(f"index [{index}] is negative; items are numbered from 0")
+        steps.append(Step(tag=tag, index=int(index) if index is not None else None))
+        if len(steps) > MAX_STEPS:
+            raise TagExpressionError(f"the path is deeper than {MAX_STEPS} elements")
+        pos = match.end()
+        if pos == len(text):
+            break
+        if text[pos] != ".":
+            raise TagExpressionError(f"unexpected '{text[pos]}' at position {pos + 1} of '{text}'; separate path steps with '.'")
+        pos += 1
+    return tuple(steps)
+
+
+def format_tag(tag: int) -> str:
+    """(gggg,eeee) with upper-case hex."""
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def json_key(tag: int) -> str:
+    """The DICOM JSON key of a tag: 8 upper-case hex digits."""
+    return f"{tag:08X}"
+
+
+def _private_creator(dataset: dict[str, Any], tag: int) -> str | None:
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2 == 0 or element < 0x1000:
+        return None
+    creator = dataset.get(json_key((group << 16) | (element >> 8)), {})
+    values = creator.get("Value") or []
+    return str(values[0]).strip() if values else ""
+
+
+def describe(tag: int, private_creator: str | None = None) -> tuple[str, str]:
+    """(keyword, name) from the standard or, for private tags, the private dictionary."""
+    if private_creator:
+        try:
+            return "", get_private_entry(tag, private_creator)[2]
+        except KeyError:
+            return "", f"Private tag ({private_creator})"
+    if private_creator is not None:
+        return "", "Private tag"
+    if (tag & 0xFFFF) == 0 and tag >> 16 != 0xFFFE:
+        return "", "Group Length"
+    entry = DicomDictionary.get(tag)
+    if entry is None:
+        if (tag >> 16) % 2 == 1:
+            return "", "Private Creator" if 0x10 <= (tag & 0xFFFF) <= 0xFF else "Private tag"
+        return keyword_for_tag(tag) or "", "Unknown element"
+    return entry[4], entry[2]
+
+
+def _path_text(steps: tuple[Step, ...]) -> str:
+    parts = []
+    for step in steps:
+        keyword = keyword_for_tag(step.tag) or format_tag(step.tag)
+        parts.append(keyword + (f"[{step.index}]" if step.index is not None else ""))
+    return ".".join(parts)
+
+
+def _label(tag: int) -> str:
+    keyword = keyword_for_tag(tag)
+    return f"{format_tag(tag)} {keyword}" if keyword else format_tag(tag)
+
+
+def lookup(header: dict[str, Any], steps: tuple[Step, ...]) -> TagValue:
+    """Find the element the steps name in a DICOM JSON header."""
+    dataset = header
+    for number, step in enumerate(steps):
+        last = number == len(steps) - 1
+        element = dataset.get(json_key(step.tag))
+        if element is None:
+            where = f" in item {steps[number - 1].index} of {_label(steps[number - 1].tag)}" if number else ""
+            raise ElementNotFound(f"element {_label(step.tag)} is not present{where}")
+        vr = element.get("vr", "UN")
+        if not last:
+            if vr != "SQ":
+                raise TagExpressionError(f"{_label(step.tag)} is not a sequence, so the path cannot go inside it")
+            if step.index is None:
+                raise TagExpressionError(f"{_label(step.tag)} is a sequence: say which item, e.g. [0]")
+            dataset = _item(element, step)
+            continue
+        creator = _private_creator(dataset, step.tag)
+        keyword, name = describe(step.tag, creator)
+        value = element_value(element)
+        if step.index is not None:
+            items = value if isinstance(value, list) else ([] if value is None else [value])
+            if step.index >= len(items):
+                raise ElementNotFound(
+                    f"{_label(step.tag)} has no {'item' if vr == 'SQ' else 'value'} [{step.index}] (it has {len(items)})"
+                )
+            value = items[step.index]
+        return TagValue(
+            tag=format_tag(step.tag),
+            keyword=keyword,
+            name=name,
+            vr=vr,
+            value=value,
+            path=_path_text(steps),
+            private_creator=creator,
+        )
+    raise AssertionError("unreachable: steps is never empty")  # pragma: no cover
+
+
+def _item(element: dict[str, Any], step: Step) -> dict[str, Any]:
+    items = element.get("Value") or []
+    if step.index is None or step.index >= len(items):
+        raise ElementNotFound(f"{_label(step.tag)} has no item [{step.index}] (it has {len(items)})")
+    return items[step.index]
+
+
+def person_name_text(value: dict[str, Any]) -> str:
+    """A PN JSON object as its DICOM string form: Alphabetic=Ideographic=Phonetic."""
+    groups = [value.get("Alphabetic", ""), value.get("Ideographic", ""), value.get("Phonetic", "")]
+    return "=".join(groups).rstrip("=")
+
+
+def element_value(element: dict[str, Any]) -> Any:
+    """A friendly value for one DICOM JSON element.
+
+    Single values come back as scalars, multiple as lists, absent as None; person names as
+    strings; sequences as a list of DICOM JSON items; summarised bulk data as its summary.
+    """
+    if "BulkData" in element:
+        return element["BulkData"]
+    if "InlineBinary" in element:
+        return {"InlineBinary": element["InlineBinary"]}
+    if "BulkDataURI" in element:
+        return {"BulkDataURI": element["BulkDataURI"]}
+    values = element.get("Value")
+    if not values:
+        return [] if element.get("vr") == "SQ" else None
+    if element.get("vr") == "SQ":
+        return values
+    if element.get("vr") == "PN":
+        values = [person_name_text(v) if isinstance(v, dict) else v for v in values]
+    return values[0] if len(values) == 1 else values

@@ -1,0 +1,46 @@
+"""Errors the services raise; the API turns each into {"error", "code"} with its status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """A refusal with a machine code, an HTTP status and a human sentence."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class InvalidUpload(ServiceError):
+    """The upload is not a DICOM file the catalogue can hold."""
+
+    code = "invalid_dicom"
+
+
+class MissingFile(ServiceError):
+    """The request carried no file."""
+
+    code = "missing_file"
+
+
+class UploadTooLarge(ServiceError):
+    """The upload exceeds DICOM_MAX_UPLOAD_BYTES."""
+
+    status = 413
+    code = "too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upload is larger than the limit of {limit} bytes", limit=limit)
+
+
+class Conflict(ServiceError):
+    """The owner already holds different bytes under the same identity."""
+
+    status = 409
+    code = "conflict"

@@ -1,0 +1,119 @@
+"""The catalogue: Study ▸ Series ▸ Instance, every row owned by the user who uploaded it."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+def instance_file_key(instance: Instance, filename: str = "") -> str:
+    """Storage key made by the server from the row's UUID; the client filename never reaches storage."""
+    hex_id = instance.id.hex
+    return f"dicom/{hex_id[:2]}/{hex_id[2:4]}/{hex_id}.dcm"
+
+
+class Study(models.Model):
+    """A DICOM study as one owner holds it; unique per (owner, Study Instance UID)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="studies")
+    study_instance_uid = models.CharField("Study Instance UID", max_length=64)
+    patient_name = models.CharField(max_length=255, blank=True)
+    patient_id = models.CharField("Patient ID", max_length=64, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+    study_date = models.DateField(null=True, blank=True)
+    study_time = models.CharField(max_length=32, blank=True)
+    study_id = models.CharField("Study ID", max_length=64, blank=True)
+    accession_number = models.CharField(max_length=64, blank=True)
+    study_description = models.CharField(max_length=255, blank=True)
+    referring_physician_name = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "study_instance_uid"], name="study_unique_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.study_description or self.study_instance_uid
+
+
+class Series(models.Model):
+    """A DICOM series within one owner's study; unique per (owner, Series Instance UID)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="series")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField("Series Instance UID", max_length=64)
+    modality = models.CharField(max_length=16, blank=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    series_description = models.CharField(max_length=255, blank=True)
+    body_part_examined = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "series"
+        ordering = ["series_number", "created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "series_instance_uid"], name="series_unique_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.series_description or self.series_instance_uid
+
+
+class Instance(models.Model):
+    """One stored DICOM file (a SOP instance) with its catalogue facts and whole header as DICOM JSON.
+
+    `sha256` is the digest of the stored bytes (the preamble zeroed). Uniqueness per owner on
+    both the bytes and the SOP Instance UID is enforced by the database, so concurrent
+    re-uploads resolve to one row.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dicom_instances")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="instances")
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    file = models.FileField(upload_to=instance_file_key, max_length=255)
+    original_filename = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField("SHA-256", max_length=64)
+    size = models.BigIntegerField()
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64)
+    sop_class_uid = models.CharField("SOP Class UID", max_length=64, blank=True)
+    transfer_syntax_uid = models.CharField("Transfer Syntax UID", max_length=64)
+    modality = models.CharField(max_length=16, blank=True)
+    instance_number = models.IntegerField(null=True, blank=True)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField(default=0)
+    samples_per_pixel = models.PositiveSmallIntegerField(null=True, blank=True)
+    photometric_interpretation = models.CharField(max_length=32, blank=True)
+    bits_allocated = models.PositiveSmallIntegerField(null=True, blank=True)
+    bits_stored = models.PositiveSmallIntegerField(null=True, blank=True)
+    pixel_representation = models.PositiveSmallIntegerField(null=True, blank=True)
+    has_pixel_data = models.BooleanField(default=False)
+    # Denormalised from the header so lists and searches need no joins.
+    patient_name = models.CharField(max_length=255, blank=True)
+    patient_id = models.CharField("Patient ID", max_length=64, blank=True)
+    study_date = models.DateField(null=True, blank=True)
+    accession_number = models.CharField(max_length=64, blank=True)
+    study_description = models.CharField(max_length=255, blank=True)
+    series_description = models.CharField(max_length=255, blank=True)
+    header = models.JSONField("DICOM header (DICOM JSON)", default=dict)
+    uploaded_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-uploaded_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "sha256"], name="instance_unique_bytes_per_owner"),
+            models.UniqueConstraint(fields=["owner", "sop_instance_uid"], name="instance_unique_sop_per_owner"),
+        ]
+        permissions = [("view_all", "Can view every user's DICOM uploads")]
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid

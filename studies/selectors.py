@@ -1,0 +1,111 @@
+"""Reads from the catalogue: every queryset here is already scoped to the requesting user."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+
+from .models import Instance, Series, Study
+
+VIEW_ALL_PERMISSION = "studies.view_all"
+
+
+def can_view_all(user) -> bool:
+    """Superusers and holders of `studies.view_all` see every owner's uploads."""
+    return bool(user and user.is_authenticated and (user.is_superuser or user.has_perm(VIEW_ALL_PERMISSION)))
+
+
+def can_modify(user, obj) -> bool:
+    """Only the owner and superusers change or delete a row; view_all is read-only."""
+    return bool(user and user.is_authenticated and (user.is_superuser or obj.owner_id == user.id))
+
+
+def _scope(queryset: QuerySet, user) -> QuerySet:
+    if not (user and user.is_authenticated):
+        return queryset.none()
+    return queryset if can_view_all(user) else queryset.filter(owner=user)
+
+
+def instances_for(user) -> QuerySet[Instance]:
+    """Instances the user may see, with what the serializers need already joined."""
+    return _scope(Instance.objects.select_related("owner", "study", "series"), user)
+
+
+# Columns each kind of instance read needs; image/file reads skip the (large) header JSON.
+DISPLAY_FIELDS = ("id", "owner_id", "sha256", "file", "has_pixel_data", "sop_instance_uid")
+HEADER_FIELDS = ("id", "owner_id", "header")
+
+
+def visible_instance(user, pk, *, fields: tuple[str, ...] | None = None) -> Instance:
+    """One instance the user may see, or Http404 (also for other owners': existence is not revealed).
+
+    The owner's own row is tried first, so the common case costs one query and no permission
+    lookups; only when that misses are the user's view_all permissions consulted.
+    """
+    if not (user and user.is_authenticated):
+        raise Http404
+    queryset = Instance.objects.only(*fields) if fields else Instance.objects.select_related("owner", "study", "series")
+    instance = queryset.filter(pk=pk, owner=user).first()
+    if instance is None and can_view_all(user):
+        instance = queryset.filter(pk=pk).first()
+    if instance is None:
+        raise Http404
+    return instance
+
+
+def instance_list(
+    *,
+    user,
+    study: str | None = None,
+    series: str | None = None,
+    modality: str | None = None,
+    patient_id: str | None = None,
+    search: str | None = None,
+) -> QuerySet[Instance]:
+    """The user's instances filtered by study/series UID, modality, patient ID and free text."""
+    queryset = instances_for(user)
+    if study:
+        queryset = queryset.filter(study__study_instance_uid=study)
+    if series:
+        queryset = queryset.filter(series__series_instance_uid=series)
+    if modality:
+        queryset = queryset.filter(modality__iexact=modality)
+    if patient_id:
+        queryset = queryset.filter(patient_id=patient_id)
+    if search:
+        queryset = queryset.filter(
+            Q(patient_name__icontains=search)
+            | Q(patient_id__icontains=search)
+            | Q(accession_number__icontains=search)
+            | Q(study_description__icontains=search)
+            | Q(series_description__icontains=search)
+            | Q(sop_instance_uid=search)
+            | Q(study__study_instance_uid=search)
+            | Q(series__series_instance_uid=search)
+        )
+    return queryset
+
+
+def studies_for(user) -> QuerySet[Study]:
+    """Studies the user may see, with series and instance counts."""
+    queryset = Study.objects.select_related("owner").annotate(
+        series_count=Count("series", distinct=True), instance_count=Count("instances", distinct=True)
+    )
+    # GROUP BY drops Meta.ordering; pagination needs a stable order.
+    return _scope(queryset.order_by("-created_at", "id"), user)
+
+
+def series_for(user) -> QuerySet[Series]:
+    """Series the user may see, with their study and instance counts."""
+    queryset = Series.objects.select_related("owner", "study").annotate(instance_count=Count("instances"))
+    return _scope(queryset.order_by("-created_at", "id"), user)
+
+
+def series_of_study(study: Study) -> QuerySet[Series]:
+    """A study's series with instance counts (the study itself was already scoped)."""
+    return Series.objects.filter(study=study).annotate(instance_count=Count("instances")).order_by("series_number", "created_at")
+
+
+def instances_of_series(series: Series) -> QuerySet[Instance]:
+    """A series' instances in acquisition order (the series itself was already scoped)."""
+    return Instance.objects.filter(series=series).order_by("instance_number", "uploaded_at")

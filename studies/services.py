@@ -1,0 +1,189 @@
+"""Writes to the catalogue: ingest one DICOM file, delete an instance.
+
+Every way in (API upload, admin, `import_dicom`, later DICOMweb and C-STORE) calls
+`ingest_instance`; every delete goes through `delete_instance`. Logs carry ids, sizes and
+hashes only, never patient data or client filenames.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from .dicom.parsing import InvalidDicom, ParsedDicom, parse_dicom, zero_preamble
+from .errors import Conflict, InvalidUpload, UploadTooLarge
+from .models import Instance, Series, Study, instance_file_key
+from .uploads import StagedFile
+
+logger = logging.getLogger(__name__)
+
+# Attempts at the catalogue transaction when it loses a race that is neither a duplicate nor a
+# conflict (e.g. the series it joined was deleted meanwhile); each retry re-reads the hierarchy.
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The catalogued instance and whether this call created it (False: identical bytes were already there)."""
+
+    instance: Instance
+    created: bool
+
+
+def ingest_instance(*, owner, staged: StagedFile) -> IngestResult:
+    """Validate, store and catalogue one staged file for `owner`.
+
+    Same owner + same bytes → the existing instance (created=False), nothing stored twice.
+    Same owner + same SOP Instance UID with other bytes → Conflict. Refused input → InvalidUpload.
+    The stored file is removed again if the catalogue transaction does not commit. The staged
+    file is consumed: it is closed (and its temporary file removed) before this returns.
+    """
+    try:
+        return _ingest(owner, staged)
+    finally:
+        staged.close()
+
+
+def _ingest(owner, staged: StagedFile) -> IngestResult:
+    if staged.size > settings.DICOM_MAX_UPLOAD_BYTES:
+        raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
+    try:
+        parsed = parse_dicom(staged.file, max_inflated_bytes=settings.DICOM_MAX_INFLATED_BYTES)
+    except InvalidDicom as exc:
+        raise InvalidUpload(str(exc)) from exc
+    sha256 = staged.sha256
+    existing = _existing(owner, sha256, parsed.sop_instance_uid)
+    if existing is not None:
+        return existing
+
+    zero_preamble(staged.file)
+    instance_id = uuid.uuid4()
+    stored_name = default_storage.save(instance_file_key(Instance(id=instance_id)), staged)
+    committed = False
+    try:
+        for _attempt in range(MAX_ATTEMPTS):
+            try:
+                with transaction.atomic():
+                    instance = _catalogue(owner, parsed, instance_id, stored_name, staged, sha256)
+                committed = True
+                logger.info("instance created id=%s sha256=%s size=%d", instance.id, sha256, staged.size)
+                return IngestResult(instance=instance, created=True)
+            except IntegrityError:
+                existing = _existing(owner, sha256, parsed.sop_instance_uid)
+                if existing is not None:
+                    return existing
+        raise Conflict("the catalogue changed while this file was being stored; try again")
+    finally:
+        if not committed:
+            default_storage.delete(stored_name)
+
+
+def _existing(owner, sha256: str, sop_instance_uid: str) -> IngestResult | None:
+    """The duplicate answer, or a Conflict, when the owner already holds this file or UID."""
+    same_bytes = Instance.objects.select_related("study", "series", "owner").filter(owner=owner, sha256=sha256).first()
+    if same_bytes is not None:
+        return IngestResult(instance=same_bytes, created=False)
+    same_uid = Instance.objects.filter(owner=owner, sop_instance_uid=sop_instance_uid).values_list("id", flat=True).first()
+    if same_uid is not None:
+        raise Conflict(
+            "an instance with this SOP Instance UID but different content is already in your catalogue",
+            id=str(same_uid),
+        )
+    return None
+
+
+def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: str, staged: StagedFile, sha256: str) -> Instance:
+    study, _ = Study.objects.get_or_create(
+        owner=owner,
+        study_instance_uid=parsed.study_instance_uid,
+        defaults={
+            "patient_name": parsed.patient_name,
+            "patient_id": parsed.patient_id,
+            "patient_birth_date": parsed.patient_birth_date,
+            "patient_sex": parsed.patient_sex,
+            "study_date": parsed.study_date,
+            "study_time": parsed.study_time,
+            "study_id": parsed.study_id,
+            "accession_number": parsed.accession_number,
+            "study_description": parsed.study_description,
+            "referring_physician_name": parsed.referring_physician_name,
+        },
+    )
+    series, _ = Series.objects.get_or_create(
+        owner=owner,
+        series_instance_uid=parsed.series_instance_uid,
+        defaults={
+            "study": study,
+            "modality": parsed.modality,
+            "series_number": parsed.series_number,
+            "series_description": parsed.series_description,
+            "body_part_examined": parsed.body_part_examined,
+        },
+    )
+    if series.study_id != study.id:
+        raise Conflict(
+            "this file's series is already in your catalogue under a different study",
+            reason="series_in_other_study",
+            series=str(series.id),
+        )
+    return Instance.objects.create(
+        id=instance_id,
+        owner=owner,
+        study=study,
+        series=series,
+        file=stored_name,
+        original_filename=getattr(staged, "original_name", ""),
+        sha256=sha256,
+        size=staged.size,
+        sop_instance_uid=parsed.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+        modality=parsed.modality,
+        instance_number=parsed.instance_number,
+        rows=_unsigned(parsed.rows),
+        columns=_unsigned(parsed.columns),
+        number_of_frames=parsed.number_of_frames,
+        samples_per_pixel=_unsigned(parsed.samples_per_pixel, 32767),
+        photometric_interpretation=parsed.photometric_interpretation,
+        bits_allocated=_unsigned(parsed.bits_allocated, 32767),
+        bits_stored=_unsigned(parsed.bits_stored, 32767),
+        pixel_representation=_unsigned(parsed.pixel_representation, 32767),
+        has_pixel_data=parsed.has_pixel_data,
+        patient_name=parsed.patient_name,
+        patient_id=parsed.patient_id,
+        study_date=parsed.study_date,
+        accession_number=parsed.accession_number,
+        study_description=parsed.study_description,
+        series_description=parsed.series_description,
+        header=parsed.header,
+    )
+
+
+def _unsigned(value: int | None, maximum: int = 2**31 - 1) -> int | None:
+    return value if value is not None and 0 <= value <= maximum else None
+
+
+def delete_instance(*, instance: Instance) -> None:
+    """Delete an instance, then its series and study if they became empty; the file goes after commit."""
+    stored_name = instance.file.name
+    with transaction.atomic():
+        Instance.objects.filter(pk=instance.pk).delete()
+        if not Instance.objects.filter(series_id=instance.series_id).exists():
+            Series.objects.filter(pk=instance.series_id).delete()
+        if not Series.objects.filter(study_id=instance.study_id).exists():
+            Study.objects.filter(pk=instance.study_id).delete()
+        transaction.on_commit(lambda: _delete_stored_file(stored_name))
+    logger.info("instance deleted id=%s", instance.pk)
+
+
+def _delete_stored_file(name: str) -> None:
+    try:
+        default_storage.delete(name)
+    except OSError:
+        # The row is gone either way; `check_storage` reports files without rows.
+        logger.exception("stored file could not be deleted key=%s", name)

@@ -1,0 +1,147 @@
+"""Shared fixtures: users of every role, authenticated API clients, real DICOM files, temp media."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from django.contrib.auth.models import Permission
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
+PYDICOM_TEST_FILES = CT_SMALL.parent
+
+
+def pydicom_data_dir() -> Path:
+    """pydicom-data's folder of extra test files (no network needed)."""
+    import data_store  # installed by the pydicom-data package
+
+    return Path(data_store.__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path) -> Path:
+    """Every test stores files in its own temporary MEDIA_ROOT, never in the real media/."""
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    return root
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """Rendered images are cached by content hash; each test starts with an empty cache."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
+def stored_files(root: Path) -> list[Path]:
+    """All files under the media root (what storage actually holds)."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def drain(response) -> None:
+    """Read a streamed body to its end (the test client then closes it without touching the DB connection)."""
+    if getattr(response, "streaming", False):
+        b"".join(response.streaming_content)
+
+
+@pytest.fixture
+def make_user(django_user_model) -> Callable:
+    def make(username: str, *, staff: bool = False, superuser: bool = False, view_all: bool = False):
+        user = django_user_model.objects.create_user(
+            username=username, password="pw-" + username, is_staff=staff or superuser, is_superuser=superuser
+        )
+        if view_all:
+            user.user_permissions.add(Permission.objects.get(codename="view_all", content_type__app_label="studies"))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def owner(make_user):
+    return make_user("owner")
+
+
+@pytest.fixture
+def other(make_user):
+    return make_user("other")
+
+
+@pytest.fixture
+def staff(make_user):
+    """Staff without the view_all permission: sees only their own uploads."""
+    return make_user("staff", staff=True)
+
+
+@pytest.fixture
+def viewer(make_user):
+    """A user holding studies.view_all: sees every owner's uploads."""
+    return make_user("viewer", view_all=True)
+
+
+@pytest.fixture
+def superuser(make_user):
+    return make_user("root", superuser=True)
+
+
+def client_for(user=None) -> APIClient:
+    """An API client authenticated the way scripts do it: with a real token."""
+    client = APIClient()
+    if user is not None:
+        token, _ = Token.objects.get_or_create(user=user)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def api(owner) -> APIClient:
+    return client_for(owner)
+
+
+def dicom_bytes(source: Path = CT_SMALL, *, new_uids: bool = True, **attributes) -> bytes:
+    """A real DICOM file (pydicom test data) with fresh UIDs and any attributes changed."""
+    ds = pydicom.dcmread(source)
+    if new_uids:
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def upload(client: APIClient, data: bytes, name: str = "scan.dcm", *, raw: bool = False):
+    """POST /api/instances/ as multipart field `file` (default) or as an application/dicom body."""
+    if raw:
+        return client.post("/api/instances/", data=data, content_type="application/dicom")
+    return client.post("/api/instances/", {"file": io.BytesIO(data) if not name else _named(data, name)}, format="multipart")
+
+
+def _named(data: bytes, name: str) -> io.BytesIO:
+    handle = io.BytesIO(data)
+    handle.name = name
+    return handle
+
+
+@pytest.fixture
+def uploaded(api) -> dict:
+    """CT_small.dcm uploaded by `owner`; the 201 response body."""
+    response = upload(api, CT_SMALL.read_bytes(), "CT_small.dcm")
+    assert response.status_code == 201, response.content
+    return response.json()
