@@ -159,7 +159,7 @@ STORAGES = {
 
 # --- DICOM service -------------------------------------------------------------------
 DICOM_MAX_UPLOAD_BYTES = env_int("DICOM_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
-DICOM_MAX_FRAME_BYTES = env_int("DICOM_MAX_FRAME_BYTES", 256 * 1024**2, minimum=1)
+DICOM_MAX_FRAME_PIXELS = env_int("DICOM_MAX_FRAME_PIXELS", 256 * 1024**2, minimum=1)
 DICOM_THUMBNAIL_SIZE = env_int("DICOM_THUMBNAIL_SIZE", 256, minimum=16)
 DICOM_MAX_INFLATED_BYTES = env_int("DICOM_MAX_INFLATED_BYTES", 512 * 1024**2, minimum=1)
 

@@ -50,7 +50,7 @@ def rendered_image(instance: Instance, options: rendering.RenderOptions) -> rend
     except OSError:
         raise rendering.RenderError("the stored file is missing; an administrator has to restore it") from None
     with handle:
-        image = rendering.render(handle, options, max_frame_bytes=settings.DICOM_MAX_FRAME_BYTES)
+        image = rendering.render(handle, options, max_frame_bytes=settings.DICOM_MAX_FRAME_PIXELS)
     if len(image.content) <= MAX_CACHED_BYTES:
         cache.set(key, (image.content, image.media_type, image.width, image.height), settings.DICOM_RENDER_CACHE_SECONDS)
     return image

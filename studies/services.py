@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from .dicom.parsing import InvalidDicom, ParsedDicom, parse_dicom, zero_preamble
 from .errors import Conflict, InvalidUpload, UploadTooLarge
@@ -84,15 +85,23 @@ def _ingest(owner, staged: StagedFile) -> IngestResult:
 
 
 def _existing(owner, sha256: str, sop_instance_uid: str) -> IngestResult | None:
-    """The duplicate answer, or a Conflict, when the owner already holds this file or UID."""
-    same_bytes = Instance.objects.select_related("study", "series", "owner").filter(owner=owner, sha256=sha256).first()
-    if same_bytes is not None:
-        return IngestResult(instance=same_bytes, created=False)
-    same_uid = Instance.objects.filter(owner=owner, sop_instance_uid=sop_instance_uid).values_list("id", flat=True).first()
-    if same_uid is not None:
+    """The duplicate answer, or a Conflict, when the owner already holds this file or UID.
+
+    One query for both keys: two separate queries would let a concurrent upload of the same
+    bytes commit between them and turn a duplicate into a false conflict.
+    """
+    matches = list(
+        Instance.objects.select_related("study", "series", "owner")
+        .filter(owner=owner)
+        .filter(Q(sha256=sha256) | Q(sop_instance_uid=sop_instance_uid))[:2]
+    )
+    for match in matches:
+        if match.sha256 == sha256:
+            return IngestResult(instance=match, created=False)
+    if matches:
         raise Conflict(
             "an instance with this SOP Instance UID but different content is already in your catalogue",
-            id=str(same_uid),
+            id=str(matches[0].id),
         )
     return None
 
