@@ -1,19 +1,68 @@
-"""Admin registration (a first version: read-only catalogue, scoped per user; issue 4 grows it)."""
+"""The Django admin for clinical staff: lists with thumbnails, upload, image viewer, tag browser.
+
+Scope: an active staff user needs nothing but `is_staff` to upload and browse their own files;
+`studies.view_all` holders and superusers see everyone's (read-only unless superuser). Rows are
+created only by the ingest service and deleted only by the delete service, as in the API.
+The list pages never decode DICOM: thumbnails are lazy `<img>` tags on the cached API endpoint.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, OuterRef, Subquery
+from django.shortcuts import redirect
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from . import selectors, services
+from .dicom import rendering, tags
+from .errors import Conflict, ServiceError
 from .models import Instance, Series, Study
+from .uploads import stage_stream
+
+THUMBNAIL_CSS_PX = 64
+
+
+def _is_staff(user) -> bool:
+    return bool(user and user.is_active and user.is_staff)
+
+
+def thumbnail_html(instance_id, has_pixel_data: bool = True):
+    """A lazy `<img>` on the API thumbnail (session-authenticated, cached by content hash)."""
+    if not instance_id or not has_pixel_data:
+        return "—"
+    url = reverse("instance-thumbnail", args=[instance_id])
+    return format_html(
+        '<img class="dicom-thumb" src="{}" loading="lazy" alt="thumbnail" style="max-width:{}px;max-height:{}px">',
+        url,
+        THUMBNAIL_CSS_PX,
+        THUMBNAIL_CSS_PX,
+    )
+
+
+def _changelist_link(model: str, field: str, pk, text) -> str:
+    url = reverse(f"admin:studies_{model}_changelist") + f"?{field}__id__exact={pk}"
+    return format_html('<a href="{}">{}</a>', url, text)
 
 
 class OwnerScopedAdmin(admin.ModelAdmin):
-    """Staff without `studies.view_all` see and act on only their own rows."""
+    """Staff see and act on only their own rows unless they may view all (selectors.can_view_all)."""
+
+    show_full_result_count = False  # one COUNT(*) fewer per page on big catalogues
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
         return queryset if selectors.can_view_all(request.user) else queryset.filter(owner=request.user)
+
+    # `is_staff` is enough: no per-model permission needs to be granted for one's own files.
+    def has_module_permission(self, request):
+        return _is_staff(request.user)
+
+    def has_view_permission(self, request, obj=None):
+        return _is_staff(request.user)
 
     def has_add_permission(self, request):
         return False  # rows come only from the ingest service
@@ -22,41 +71,236 @@ class OwnerScopedAdmin(admin.ModelAdmin):
         return False  # everything is derived from the DICOM file
 
     def has_delete_permission(self, request, obj=None):
-        allowed = super().has_delete_permission(request, obj)
-        return allowed and (obj is None or selectors.can_modify(request.user, obj))
+        return False
+
+    def get_list_filter(self, request):
+        filters = list(super().get_list_filter(request))
+        if selectors.can_view_all(request.user):
+            filters.insert(0, ("owner", admin.RelatedOnlyFieldListFilter))
+        return filters
 
 
 @admin.register(Instance)
 class InstanceAdmin(OwnerScopedAdmin):
-    list_display = ["sop_instance_uid", "patient_name", "patient_id", "modality", "study_date", "owner", "uploaded_at", "size"]
-    list_filter = ["modality", "uploaded_at"]
-    search_fields = ["patient_name", "patient_id", "accession_number", "sop_instance_uid"]
-    list_select_related = ["owner"]
+    list_display = [
+        "thumbnail",
+        "patient_name",
+        "patient_id",
+        "modality",
+        "study_date",
+        "study_description",
+        "series_link",
+        "owner",
+        "uploaded_at",
+        "file_size",
+    ]
+    list_display_links = ["thumbnail", "patient_name"]
+    list_filter = ["modality", "uploaded_at", "transfer_syntax_uid"]
+    search_fields = [
+        "patient_name",
+        "patient_id",
+        "accession_number",
+        "=sop_instance_uid",
+        "=study__study_instance_uid",
+        "=series__series_instance_uid",
+    ]
+    search_help_text = "Patient name or ID, accession number, or an exact SOP / Study / Series Instance UID."
+    list_select_related = ["owner", "series"]
     date_hierarchy = "uploaded_at"
+    list_per_page = 50
+    ordering = ["-uploaded_at"]
+    exclude = ["header"]
+    change_list_template = "admin/studies/instance/change_list.html"
+    change_form_template = "admin/studies/instance/change_form.html"
+    fieldsets = [
+        ("Patient and study", {"fields": ["patient_name", "patient_id", "study_date", "accession_number", "study_description", "study"]}),
+        ("Series", {"fields": ["series", "series_description", "modality"]}),
+        (
+            "Instance",
+            {
+                "fields": [
+                    "sop_instance_uid",
+                    "sop_class_uid",
+                    "instance_number",
+                    "transfer_syntax_uid",
+                    ("rows", "columns", "number_of_frames"),
+                    ("photometric_interpretation", "samples_per_pixel"),
+                    ("bits_allocated", "bits_stored", "pixel_representation"),
+                ]
+            },
+        ),
+        ("Stored file", {"fields": ["original_filename", "file_size", "sha256", "owner", "uploaded_at"]}),
+    ]
+    readonly_fields = ["file_size"]
+    actions = ["delete_selected_instances"]
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # bulk delete goes through the service, below
+        return actions
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj):
+        return thumbnail_html(obj.pk, obj.has_pixel_data)
+
+    @admin.display(description="Series", ordering="series__series_number")
+    def series_link(self, obj):
+        text = obj.series.series_description or f"Series {obj.series.series_number or ''}".strip()
+        return _changelist_link("instance", "series", obj.series_id, text)
+
+    @admin.display(description="Size", ordering="size")
+    def file_size(self, obj):
+        return filesizeformat(obj.size)
+
+    def has_delete_permission(self, request, obj=None):
+        if not _is_staff(request.user):
+            return False
+        return obj is None or selectors.can_modify(request.user, obj)
 
     def delete_model(self, request, obj):
         services.delete_instance(instance=obj)
 
-    def delete_queryset(self, request, queryset):
-        for instance in queryset:
+    @admin.action(description="Delete selected instances (and their files)")
+    def delete_selected_instances(self, request, queryset):
+        selected = list(queryset.select_related(None))
+        deletable = [obj for obj in selected if selectors.can_modify(request.user, obj)]
+        for instance in deletable:
             services.delete_instance(instance=instance)
+        self.message_user(request, f"Deleted {len(deletable)} instance(s).", messages.SUCCESS)
+        if len(selected) > len(deletable):
+            kept = len(selected) - len(deletable)
+            self.message_user(request, f"{kept} instance(s) belong to other users and were kept.", messages.WARNING)
+
+    def get_urls(self):
+        upload = self.admin_site.admin_view(self.upload_view)
+        return [path("upload/", upload, name="studies_instance_upload"), *super().get_urls()]
+
+    def upload_view(self, request):
+        """Upload one or many files through the ingest service and report each file's outcome."""
+        if not self.has_module_permission(request):
+            raise PermissionDenied
+        results = []
+        if request.method == "POST":
+            files = request.FILES.getlist("files")
+            if not files:
+                self.message_user(request, "Choose at least one file.", messages.ERROR)
+            for upload in files:
+                results.append(_ingest_one(request.user, upload))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Upload DICOM files",
+            "results": results,
+            "counts": {status: sum(1 for r in results if r["status"] == status) for status in ("created", "duplicate", "conflict", "refused")},
+        }
+        return TemplateResponse(request, "admin/studies/instance/upload.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        instance = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if instance is not None:
+            extra.update(
+                viewer={
+                    "image_url": reverse("instance-image", args=[instance.pk]),
+                    "file_url": reverse("instance-file", args=[instance.pk]),
+                    "frames": instance.number_of_frames,
+                    "has_pixel_data": instance.has_pixel_data,
+                    "presets": [("default", "File default"), *((name, name.replace("-", " ").capitalize()) for name in rendering.PRESETS), ("minmax", "Min-max")],
+                },
+                header_rows=tags.header_rows(instance.header),
+            )
+        return super().change_view(request, object_id, form_url, extra)
+
+
+def _ingest_one(user, upload) -> dict:
+    result = {"filename": upload.name, "status": "refused", "id": None, "error": "", "url": ""}
+    try:
+        staged = stage_stream(upload, upload.name)
+        if staged.size == 0:
+            staged.close()
+            result["error"] = "the file is empty"
+            return result
+        outcome = services.ingest_instance(owner=user, staged=staged)
+    except Conflict as exc:
+        result.update(status="conflict", error=str(exc), id=exc.extra.get("id"))
+    except ServiceError as exc:
+        result["error"] = str(exc)
+    else:
+        result.update(status="created" if outcome.created else "duplicate", id=str(outcome.instance.pk))
+    if result["id"]:
+        result["url"] = reverse("admin:studies_instance_change", args=[result["id"]])
+    return result
+
+
+def _first_image(**match):
+    """The id of the first instance with pixel data (lowest instance number), for a representative thumbnail."""
+    return Subquery(
+        Instance.objects.filter(**match, has_pixel_data=True).order_by("instance_number", "uploaded_at").values("id")[:1]
+    )
+
+
+def _count(model, **match):
+    """A correlated COUNT subquery: cheaper than JOIN + GROUP BY over large catalogues."""
+    return Subquery(
+        model.objects.filter(**match).order_by().values(next(iter(match))).annotate(n=Count("pk")).values("n")[:1]
+    )
 
 
 @admin.register(Study)
 class StudyAdmin(OwnerScopedAdmin):
-    list_display = ["study_instance_uid", "patient_name", "patient_id", "study_date", "study_description", "owner"]
-    search_fields = ["patient_name", "patient_id", "accession_number", "study_instance_uid"]
+    list_display = ["thumbnail", "patient_name", "patient_id", "study_date", "study_description", "accession_number", "series_count", "instance_count", "owner"]
+    list_display_links = ["thumbnail", "patient_name"]
+    list_filter = ["study_date"]
+    search_fields = ["patient_name", "patient_id", "accession_number", "=study_instance_uid"]
     list_select_related = ["owner"]
+    date_hierarchy = "study_date"
+    ordering = ["-created_at"]
 
-    def has_delete_permission(self, request, obj=None):
-        return False  # delete instances (files go with them); empty studies disappear
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            first_image=_first_image(study=OuterRef("pk")),
+            n_series=_count(Series, study=OuterRef("pk")),
+            n_instances=_count(Instance, study=OuterRef("pk")),
+        )
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj):
+        return thumbnail_html(obj.first_image)
+
+    @admin.display(description="Series")
+    def series_count(self, obj):
+        return _changelist_link("series", "study", obj.pk, obj.n_series or 0)
+
+    @admin.display(description="Instances")
+    def instance_count(self, obj):
+        return _changelist_link("instance", "study", obj.pk, obj.n_instances or 0)
 
 
 @admin.register(Series)
 class SeriesAdmin(OwnerScopedAdmin):
-    list_display = ["series_instance_uid", "modality", "series_number", "series_description", "owner"]
-    search_fields = ["series_instance_uid", "series_description"]
-    list_select_related = ["owner"]
+    list_display = ["thumbnail", "series_description", "series_number", "modality", "study_link", "instance_count", "owner"]
+    list_display_links = ["thumbnail", "series_description"]
+    list_filter = ["modality"]
+    search_fields = ["series_description", "study__patient_name", "study__patient_id", "=series_instance_uid", "=study__study_instance_uid"]
+    list_select_related = ["owner", "study"]
+    ordering = ["-created_at"]
 
-    def has_delete_permission(self, request, obj=None):
-        return False
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            first_image=_first_image(series=OuterRef("pk")),
+            n_instances=_count(Instance, series=OuterRef("pk")),
+        )
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj):
+        return thumbnail_html(obj.first_image)
+
+    @admin.display(description="Study")
+    def study_link(self, obj):
+        study = obj.study
+        text = f"{study.patient_name or study.patient_id or 'Study'} {study.study_date or ''}".strip()
+        return _changelist_link("series", "study", obj.study_id, text)
+
+    @admin.display(description="Instances")
+    def instance_count(self, obj):
+        return _changelist_link("instance", "series", obj.pk, obj.n_instances or 0)

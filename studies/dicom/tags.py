@@ -252,3 +252,83 @@ def element_value(element: dict[str, Any]) -> Any:
     if element.get("vr") == "PN":
         values = [person_name_text(v) if isinstance(v, dict) else v for v in values]
     return values[0] if len(values) == 1 else values
+
+
+# --- a browsable view of the whole header ------------------------------------------------------
+
+MAX_BROWSE_DEPTH = 12
+MAX_DISPLAY_CHARS = 300
+
+
+@dataclass(frozen=True)
+class HeaderRow:
+    """One element of a header as a person reads it: tag, keyword, VR, value text, nested items."""
+
+    tag: str
+    keyword: str
+    name: str
+    vr: str
+    value: str
+    private: bool
+    items: tuple[tuple[HeaderRow, ...], ...] = ()
+
+    @property
+    def search_text(self) -> str:
+        """What a filter box matches against (lower case)."""
+        return f"{self.tag} {self.tag[1:5]}{self.tag[6:10]} {self.keyword} {self.name} {self.vr} {self.value}".lower()
+
+
+def header_rows(header: dict[str, Any], *, depth: int = 0) -> tuple[HeaderRow, ...]:
+    """Every element of a DICOM JSON header in tag order, sequences as nested item rows.
+
+    Values are plain text (the caller escapes them for HTML); long values are shortened and
+    bulk data appears as its summary. Nesting deeper than MAX_BROWSE_DEPTH is summarised.
+    """
+    rows = []
+    for key in sorted(header):
+        try:
+            tag = int(key, 16)
+        except ValueError:
+            continue
+        element = header[key] if isinstance(header[key], dict) else {}
+        creator = _private_creator(header, tag)
+        keyword, name = describe(tag, creator)
+        vr = str(element.get("vr", ""))
+        items: tuple[tuple[HeaderRow, ...], ...] = ()
+        if vr == "SQ" and "BulkData" not in element:
+            sequence = [item for item in element.get("Value") or [] if isinstance(item, dict)]
+            if depth + 1 < MAX_BROWSE_DEPTH:
+                items = tuple(header_rows(item, depth=depth + 1) for item in sequence)
+                value = f"{len(sequence)} item(s)"
+            else:
+                value = f"{len(sequence)} item(s), nested too deep to show"
+        else:
+            value = display_value(tag, element)
+        rows.append(HeaderRow(format_tag(tag), keyword, name, vr, value, (tag >> 16) % 2 == 1, items))
+    return tuple(rows)
+
+
+def display_value(tag: int, element: dict[str, Any]) -> str:
+    """A one-line text for an element's value: multiple values joined by a backslash, as DICOM writes them."""
+    if "BulkData" in element:
+        return _bulk_text(tag, element["BulkData"])
+    if "InlineBinary" in element:
+        return f"binary data ({len(str(element['InlineBinary'])) * 3 // 4} bytes)"
+    if "BulkDataURI" in element:
+        return "binary data (stored separately)"
+    values = element.get("Value") or []
+    if element.get("vr") == "PN":
+        values = [person_name_text(v) if isinstance(v, dict) else v for v in values]
+    text = "\\".join("" if v is None else str(v) for v in values)
+    return text if len(text) <= MAX_DISPLAY_CHARS else text[:MAX_DISPLAY_CHARS] + f"… ({len(text)} characters)"
+
+
+def _bulk_text(tag: int, summary: dict[str, Any]) -> str:
+    if "items" in summary:
+        return f"sequence of {summary['items']} item(s), too large to keep"
+    length = summary.get("length", 0)
+    if "frames" in summary:
+        shape = f"{summary.get('rows')} x {summary.get('columns')}, {summary.get('frames')} frame(s), {summary.get('bits_allocated')} bits allocated"
+        kind = "encapsulated (compressed)" if summary.get("encapsulated") else "native"
+        return f"pixel data: {shape}, {length} bytes, {kind}"
+    return f"binary data ({length} bytes)"
