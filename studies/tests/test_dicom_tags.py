@@ -339,3 +339,73 @@ def test_lookup_of_a_pn_with_three_component_groups_joins_them_with_equals() -> 
 )
 def test_person_name_text_joins_component_groups_in_dicom_order(value: dict[str, str], text: str) -> None:
     assert person_name_text(value) == text
+
+
+# --- header_rows: the tag browser's view of a whole header -----------------------------------------
+
+
+def test_header_rows_lists_every_top_level_element_in_tag_order(ct_header: dict[str, Any]) -> None:
+    rows = tags.header_rows(ct_header)
+    assert [row.tag for row in rows] == sorted(row.tag for row in rows)
+    assert len(rows) == len(ct_header)
+    by_tag = {row.tag: row for row in rows}
+    name = by_tag["(0010,0010)"]
+    assert (name.keyword, name.vr, name.value, name.private) == ("PatientName", "PN", "CompressedSamples^CT1", False)
+    assert by_tag["(0008,0008)"].value == "ORIGINAL\\PRIMARY\\AXIAL"  # multiple values, DICOM's separator
+    assert by_tag["(7FE0,0010)"].value.startswith("pixel data: 128 x 128, 1 frame(s), 16 bits allocated, 32768 bytes")
+
+
+def test_header_rows_marks_private_tags_and_names_them_from_the_private_dictionary(ct_header: dict[str, Any]) -> None:
+    private = [row for row in tags.header_rows(ct_header) if row.private]
+    assert private and all(int(row.tag[1:5], 16) % 2 == 1 for row in private)
+    assert any(row.name not in ("", "Private tag") for row in private)
+
+
+def test_header_rows_nests_sequence_items() -> None:
+    ds = Dataset()
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    inner = Dataset()
+    inner.CodeValue = "T-D3000"
+    item.PurposeOfReferenceCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([item, Dataset()])
+    rows = tags.header_rows(parsing.dataset_to_json(ds))
+    (sequence,) = rows
+    assert (sequence.keyword, sequence.vr, sequence.value, len(sequence.items)) == ("ReferencedImageSequence", "SQ", "2 item(s)", 2)
+    first = {row.keyword: row for row in sequence.items[0]}
+    assert first["ReferencedSOPInstanceUID"].value == "1.2.3"
+    assert first["PurposeOfReferenceCodeSequence"].items[0][0].value == "T-D3000"
+    assert sequence.items[1] == ()
+    assert "t-d3000" not in sequence.search_text  # each row matches its own text; the browser walks items
+
+
+def test_header_rows_stops_at_the_depth_limit() -> None:
+    ds = Dataset()
+    current = ds
+    for _ in range(tags.MAX_BROWSE_DEPTH + 5):
+        child = Dataset()
+        current.ReferencedImageSequence = Sequence([child])
+        current = child
+    depth, rows = 0, tags.header_rows(parsing.dataset_to_json(ds))
+    while rows and rows[0].items:
+        rows, depth = rows[0].items[0], depth + 1
+    assert depth == tags.MAX_BROWSE_DEPTH - 1
+    assert rows[0].value.endswith("nested too deep to show")
+
+
+def test_header_rows_shortens_long_values_and_keeps_markup_as_plain_text() -> None:
+    header = {
+        "00081030": {"vr": "LO", "Value": ["x" * 1000]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "<script>alert(1)</script>"}]},
+        "00091001": {"vr": "OB", "InlineBinary": "AAAA"},
+    }
+    rows = {row.tag: row for row in tags.header_rows(header)}
+    assert rows["(0008,1030)"].value == "x" * tags.MAX_DISPLAY_CHARS + "… (1000 characters)"
+    assert rows["(0010,0010)"].value == "<script>alert(1)</script>"  # escaping is the template's job
+    assert rows["(0009,1001)"].value == "binary data (3 bytes)" and rows["(0009,1001)"].private
+
+
+def test_header_rows_search_text_holds_both_tag_spellings_keyword_and_value(ct_header: dict[str, Any]) -> None:
+    row = next(row for row in tags.header_rows(ct_header) if row.tag == "(0010,0010)")
+    for needle in ("(0010,0010)", "00100010", "patientname", "patient's name", "compressedsamples^ct1"):
+        assert needle in row.search_text
