@@ -264,7 +264,8 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
 def _image_response(request, instance, options: rendering.RenderOptions) -> HttpResponse:
     tag = imaging.etag(instance, options)
     headers = {"ETag": tag, "Cache-Control": "private, max-age=86400", "Vary": "Accept, Authorization, Cookie"}
-    if tag in _etags(request.META.get("HTTP_IF_NONE_MATCH", "")):
+    matches = _etags(request.META.get("HTTP_IF_NONE_MATCH", ""))
+    if tag in matches or ("*" in matches and instance.has_pixel_data):
         return HttpResponseNotModified(headers=headers)
     image = imaging.rendered_image(instance, options)
     return HttpResponse(image.content, content_type=image.media_type, headers=headers)

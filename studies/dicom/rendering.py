@@ -59,6 +59,8 @@ PRESETS: dict[str, tuple[float, float]] = {
 PRESET_NAMES = (*PRESETS, "minmax", "default")
 WINDOW_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
 MAX_OUTPUT_SIDE = 4096
+MAX_WINDOW_VALUE = 1e7
+MIN_WINDOW_WIDTH = 1e-3
 MEDIA_TYPES = {media: name for name, (_, media) in FORMATS.items()}
 
 
@@ -335,6 +337,8 @@ def output_size(width: int, height: int, options: RenderOptions) -> tuple[int, i
     if not box_w and not box_h:
         return width, height
     scale = min(box_w / width if box_w else np.inf, box_h / height if box_h else np.inf)
+    # One side alone must not drag the other beyond the cap (a 1 x 4096 frame asked for width=4096).
+    scale = min(scale, MAX_OUTPUT_SIDE / width, MAX_OUTPUT_SIDE / height)
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
@@ -388,8 +392,12 @@ def parse_window(raw: str) -> Window:
     function = WINDOW_FUNCTIONS.get(parts[2].lower()) if len(parts) == 3 else "LINEAR"
     if function is None:
         raise InvalidRenderParameter(f"window function must be one of {', '.join(WINDOW_FUNCTIONS)}, not '{parts[2][:20]}'")
-    if not (np.isfinite(center) and np.isfinite(width)) or width <= 0 or (function == "LINEAR" and width < 1):
-        raise InvalidRenderParameter("window width must be positive (at least 1 for linear) and values finite")
+    # Bounds keep the float arithmetic of the VOI functions meaningful (no 0/0, no overflow).
+    if not (abs(center) <= MAX_WINDOW_VALUE and MIN_WINDOW_WIDTH <= width <= MAX_WINDOW_VALUE) or (function == "LINEAR" and width < 1):
+        raise InvalidRenderParameter(
+            f"window center must be within ±{MAX_WINDOW_VALUE:g} and width between {MIN_WINDOW_WIDTH:g} "
+            f"(1 for linear) and {MAX_WINDOW_VALUE:g}"
+        )
     return Window(center, width, function)
 
 
@@ -402,10 +410,21 @@ def format_from(params: Mapping[str, str], accept: str, default: str) -> str:
             raise InvalidRenderParameter(f"format must be one of {', '.join(FORMATS)}, not '{requested[:20]}'")
         return requested
     for part in (accept or "").split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in MEDIA_TYPES:
+        media, *parameters = [piece.strip().lower() for piece in part.split(";")]
+        if media in MEDIA_TYPES and not any(_is_q_zero(p) for p in parameters):
             return MEDIA_TYPES[media]
     return default
+
+
+def _is_q_zero(parameter: str) -> bool:
+    """`q=0` (or 0.0, 0.000) marks a media type as not acceptable (RFC 9110 12.4.2)."""
+    name, _, value = parameter.partition("=")
+    if name.strip() != "q":
+        return False
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
 
 
 def options_from_params(
@@ -426,7 +445,9 @@ def options_from_params(
         raise InvalidRenderParameter("give either size or width/height, not both")
     if not (size or width or height):
         size = default_size
-    image_format = format_from(params, accept, default_format)
+    bits_requested = (params.get("bits") or "8") == "16"
+    # A 16-bit request negotiates PNG unless a lossy format was asked for by name (then 400 below).
+    image_format = format_from(params, "" if bits_requested else accept, "png" if bits_requested else default_format)
     quality = _positive_int(params, "quality", 100) or 90
     bits_raw = params.get("bits") or "8"
     if bits_raw not in ("8", "16"):
