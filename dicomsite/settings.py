@@ -161,6 +161,16 @@ STORAGES = {
 DICOM_MAX_UPLOAD_BYTES = env_int("DICOM_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 DICOM_MAX_FRAME_PIXELS = env_int("DICOM_MAX_FRAME_PIXELS", 256 * 1024**2, minimum=1)
 DICOM_THUMBNAIL_SIZE = env_int("DICOM_THUMBNAIL_SIZE", 256, minimum=16)
+# Bulk work: zip archives are checked against these before anything is decompressed.
+DICOM_ZIP_MAX_MEMBERS = env_int("DICOM_ZIP_MAX_MEMBERS", 10_000, minimum=1)
+DICOM_ZIP_MAX_TOTAL_BYTES = env_int("DICOM_ZIP_MAX_TOTAL_BYTES", 8 * 1024**3, minimum=1)
+DICOM_ZIP_MAX_RATIO = env_int("DICOM_ZIP_MAX_RATIO", 200, minimum=1)
+DICOM_BULK_MAX_FILES = env_int("DICOM_BULK_MAX_FILES", 1000, minimum=1)
+DICOM_BULK_MAX_BYTES = env_int("DICOM_BULK_MAX_BYTES", 4 * 1024**3, minimum=1)
+DICOM_LOOKUP_MAX_INSTANCES = env_int("DICOM_LOOKUP_MAX_INSTANCES", 10_000, minimum=1)
+DICOM_LOOKUP_MAX_TAGS = env_int("DICOM_LOOKUP_MAX_TAGS", 100, minimum=1)
+# Django refuses multipart requests with more file parts than this before any view runs.
+DATA_UPLOAD_MAX_NUMBER_FILES = DICOM_BULK_MAX_FILES
 DICOM_MAX_INFLATED_BYTES = env_int("DICOM_MAX_INFLATED_BYTES", 512 * 1024**2, minimum=1)
 
 # --- API -----------------------------------------------------------------------------

@@ -12,11 +12,12 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
-from .dicom.parsing import InvalidDicom, ParsedDicom, parse_dicom, zero_preamble
+from .dicom.parsing import PREAMBLE_LENGTH, InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
 from .errors import Conflict, InvalidUpload, UploadTooLarge
 from .models import Instance, Series, Study, instance_file_key
 from .uploads import StagedFile
@@ -63,16 +64,71 @@ def _ingest(owner, staged: StagedFile) -> IngestResult:
         return existing
 
     zero_preamble(staged.file)
+    return _store_and_catalogue(owner, parsed, staged, sha256=sha256, size=staged.size, original_name=staged.original_name)
+
+
+def ingest_prepared(*, owner, path, sha256: str, size: int, parsed: ParsedDicom, original_name: str = "") -> IngestResult:
+    """Store and catalogue a file that was already validated and hashed elsewhere (bulk import workers).
+
+    The file at `path` is copied (never moved or changed) with a zeroed preamble; its bytes are
+    hashed again while copying, so a file that changed after it was checked is refused, not stored.
+    """
+    if size > settings.DICOM_MAX_UPLOAD_BYTES:
+        raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
+    existing = _existing(owner, sha256, parsed.sop_instance_uid)
+    if existing is not None:
+        return existing
+    with open(path, "rb") as handle:
+        reader = _StoredCopyReader(handle)
+        content = File(reader, name="upload.dcm")
+        content.size = size
+        return _store_and_catalogue(
+            owner, parsed, content, sha256=sha256, size=size, original_name=original_name, verify=reader
+        )
+
+
+class _StoredCopyReader:
+    """Reads a source file as it is to be stored (preamble zeroed), hashing what was read."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self.hasher = StoredBytesHasher()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if (offset, whence) != (0, 0):
+            raise OSError("only a rewind is supported")
+        self.hasher = StoredBytesHasher()
+        return self._handle.seek(0)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._handle.tell()
+        chunk = self._handle.read(n)
+        if start < PREAMBLE_LENGTH and chunk:
+            keep = max(0, min(len(chunk), PREAMBLE_LENGTH - start))
+            chunk = bytes(keep) + chunk[keep:]
+        self.hasher.update(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, size: int, original_name: str, verify=None) -> IngestResult:
     instance_id = uuid.uuid4()
-    stored_name = default_storage.save(instance_file_key(Instance(id=instance_id)), staged)
+    stored_name = default_storage.save(instance_file_key(Instance(id=instance_id)), content)
     committed = False
     try:
+        if verify is not None and verify.hasher.hexdigest() != sha256:
+            raise InvalidUpload("the file changed while it was being imported; nothing was stored")
         for _attempt in range(MAX_ATTEMPTS):
             try:
                 with transaction.atomic():
-                    instance = _catalogue(owner, parsed, instance_id, stored_name, staged, sha256)
+                    instance = _catalogue(owner, parsed, instance_id, stored_name, sha256=sha256, size=size, original_name=original_name)
                 committed = True
-                logger.info("instance created id=%s sha256=%s size=%d", instance.id, sha256, staged.size)
+                logger.info("instance created id=%s sha256=%s size=%d", instance.id, sha256, size)
                 return IngestResult(instance=instance, created=True)
             except IntegrityError:
                 existing = _existing(owner, sha256, parsed.sop_instance_uid)
@@ -106,7 +162,7 @@ def _existing(owner, sha256: str, sop_instance_uid: str) -> IngestResult | None:
     return None
 
 
-def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: str, staged: StagedFile, sha256: str) -> Instance:
+def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: str, *, sha256: str, size: int, original_name: str) -> Instance:
     study, _ = Study.objects.get_or_create(
         owner=owner,
         study_instance_uid=parsed.study_instance_uid,
@@ -146,9 +202,9 @@ def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: 
         study=study,
         series=series,
         file=stored_name,
-        original_filename=getattr(staged, "original_name", ""),
+        original_filename=original_name,
         sha256=sha256,
-        size=staged.size,
+        size=size,
         sop_instance_uid=parsed.sop_instance_uid,
         sop_class_uid=parsed.sop_class_uid,
         transfer_syntax_uid=parsed.transfer_syntax_uid,

@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 PREAMBLE_LENGTH = 128
+# Media Storage Directory Storage: a DICOMDIR, which lists files instead of being one.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 TEXT_VRS = frozenset(
@@ -39,6 +41,10 @@ UID_MAX_LENGTH = 64
 
 class InvalidDicom(ValueError):
     """The input is not a DICOM file this service can catalogue; `str()` is a human reason."""
+
+
+class NotAnInstance(InvalidDicom):
+    """A valid DICOM file that is not a composite instance (a DICOMDIR media index)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,8 @@ def parse_dicom(
         raise InvalidDicom("the file is empty")
     try:
         ds = _read_header(fp, max_inflated_bytes=max_inflated_bytes)
+        if str(ds.file_meta.get("MediaStorageSOPClassUID", "")).strip() == MEDIA_STORAGE_DIRECTORY:
+            raise NotAnInstance("this is a DICOMDIR (a media index listing other files), not an image instance")
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "").strip()
         pixel_info = _pixel_data_info(ds, fp, file_size, transfer_syntax)
         return _summarise(
