@@ -9,6 +9,7 @@ Pure module: pydicom, numpy and Pillow only; no Django. Every failure becomes a
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -135,7 +136,7 @@ def render(
             # (its inflated size was bounded when the file was accepted).
             arr = pixel_array(pydicom.dcmread(fp), index=options.frame)
         else:
-            arr = pixel_array(fp, index=options.frame, ds_out=Dataset())
+            arr = _decode_frame(fp, options.frame)
     except (MemoryError, RecursionError) as exc:
         raise RenderError(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
     # Codecs raise many types on unsupported or corrupt input (NotImplementedError, RuntimeError,
@@ -171,6 +172,43 @@ def _read_attributes(fp: BinaryIO) -> Dataset:
     if not has_pixels:
         raise NoPixelData("this instance has no pixel data")
     return ds
+
+
+def _decode_frame(fp: BinaryIO, frame: int) -> np.ndarray:
+    """Decode one frame straight from the file; if that fails, once more from a full read.
+
+    pixel_array(file) re-reads the header strictly in the declared transfer syntax, while dcmread
+    (used at upload) copes with a data set whose VR encoding differs from it, e.g. implicit VR
+    under an encapsulated syntax (pydicom's SC_rgb_jpeg.dcm). A corrupt frame fails again in
+    the retry and is reported as before.
+    """
+    try:
+        return pixel_array(fp, index=frame, ds_out=Dataset())
+    except (MemoryError, RecursionError):
+        raise
+    except Exception:  # noqa: BLE001 - see the docstring
+        fp.seek(0)
+        return pixel_array(pydicom.dcmread(fp), index=frame)
+
+
+PALETTE_LUT_DATA = tuple(f"{colour}PaletteColorLookupTableData" for colour in ("Red", "Green", "Blue", "Alpha"))
+
+
+def _palette_in_native_order(ds: Dataset) -> Dataset:
+    """A copy whose palette LUT data are in the machine's byte order, as pydicom's apply_color_lut reads them.
+
+    apply_color_lut (pydicom 3.0.2) reads non-segmented LUT data in native order, but in a Big
+    Endian data set those OW values are big-endian 16-bit words (PS3.5 7.3). Segmented palettes
+    are already read in the data set's byte order.
+    """
+    if ds.original_encoding[1] is not False or "RedPaletteColorLookupTableData" not in ds:
+        return ds
+    native = copy.deepcopy(ds)  # the header only: it was read without pixel data
+    for keyword in PALETTE_LUT_DATA:
+        raw = ds.get(keyword)
+        if isinstance(raw, bytes) and len(raw) % 2 == 0:
+            setattr(native, keyword, np.frombuffer(raw, ">u2").astype(np.uint16).tobytes())
+    return native
 
 
 def check_frame(ds: Dataset, frame: int, max_frame_bytes: int) -> None:
@@ -214,7 +252,7 @@ def to_display(arr: np.ndarray, ds: Dataset, options: RenderOptions | None = Non
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
         try:
-            rgb = apply_color_lut(arr, ds)
+            rgb = apply_color_lut(arr, _palette_in_native_order(ds))
         except Exception as exc:  # noqa: BLE001 - malformed palette descriptors
             raise RenderError(f"the palette colour lookup table is invalid ({type(exc).__name__})") from exc
         return _colour_image(_to_uint8_colour(rgb, 16 if rgb.dtype == np.uint16 else 8), options)
