@@ -187,6 +187,13 @@ def _ingest_zip(owner, upload, name: str) -> Iterator[FileResult]:
                 reason = f"the archive member cannot be read ({type(exc).__name__})"
                 yield FileResult(item.label, "refused", error=reason, size=item.size)
                 continue
+            staged.seek(0)
+            reason = sources.classify(staged.read(sources.PREAMBLE_LENGTH + 4), item.member.rsplit("/", 1)[-1])
+            staged.seek(0)
+            if reason:  # README.TXT, a JPEG...: skipped as import_dicom does, not an error
+                staged.close()
+                yield FileResult(item.label, "skipped", error=reason, size=item.size)
+                continue
             yield _ingest_one(owner, staged, item.label)
 
 

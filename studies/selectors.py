@@ -109,3 +109,30 @@ def series_of_study(study: Study) -> QuerySet[Series]:
 def instances_of_series(series: Series) -> QuerySet[Instance]:
     """A series' instances in acquisition order (the series itself was already scoped)."""
     return Instance.objects.filter(series=series).order_by("instance_number", "uploaded_at")
+
+
+def lookup_instances(user, *, instances=None, study=None, series=None) -> QuerySet[Instance]:
+    """The instances a bulk tag lookup reads (only id, UID and header), or Http404 if any is not visible."""
+    queryset = _scope(Instance.objects.only("id", "sop_instance_uid", "header", "instance_number"), user)
+    if instances is not None:
+        wanted = set(instances)
+        found = queryset.filter(pk__in=wanted)
+        if found.count() != len(wanted):
+            raise Http404
+        return found.order_by("series_id", "instance_number", "id")
+    if study is not None:
+        if not studies_for(user).filter(pk=study).exists():
+            raise Http404
+        return queryset.filter(study_id=study).order_by("series_id", "instance_number", "id")
+    if not series_for(user).filter(pk=series).exists():
+        raise Http404
+    return queryset.filter(series_id=series).order_by("instance_number", "id")
+
+
+def archive_members(queryset: QuerySet[Instance]) -> QuerySet[Instance]:
+    """What an archive download needs of each instance (no header JSON), in a stable order."""
+    return (
+        queryset.select_related("series")
+        .only("id", "file", "sop_instance_uid", "instance_number", "series__series_instance_uid", "series__series_number")
+        .order_by("series__series_number", "series_id", "instance_number", "id")
+    )

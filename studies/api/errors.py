@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, SuspiciousOperation
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, SuspiciousOperation, TooManyFilesSent
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
@@ -54,6 +55,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             return Response(error_body(str(exc), code), status=status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("not found: no such object in your catalogue")
+    elif isinstance(exc, TooManyFilesSent):
+        return Response(
+            error_body(f"too many files in one request; the limit is {settings.DATA_UPLOAD_MAX_NUMBER_FILES}", "too_many_files"),
+            status=413,
+        )
     elif isinstance(exc, SuspiciousOperation):
         exc = exceptions.ParseError("the request is malformed")
     elif isinstance(exc, PermissionDenied):

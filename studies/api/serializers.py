@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -194,3 +195,60 @@ class SeriesDetailSerializer(SeriesSerializer):
 
 
 DICOM_JSON_SCHEMA = OpenApiTypes.OBJECT
+
+
+class BulkFileResultSerializer(serializers.Serializer):
+    """One file of a bulk upload (zip members are named archive.zip/member)."""
+
+    filename = serializers.CharField()
+    status = serializers.ChoiceField(choices=["created", "duplicate", "conflict", "refused", "skipped"])
+    id = serializers.UUIDField(allow_null=True, help_text="The instance (created, duplicate) or the one it conflicts with.")
+    error = serializers.CharField(allow_blank=True, help_text="Why it was refused, conflicted or skipped.")
+
+
+class BulkUploadResultSerializer(serializers.Serializer):
+    """The answer to a bulk upload: one result per file, and counts per status."""
+
+    results = BulkFileResultSerializer(many=True)
+    counts = serializers.DictField(child=serializers.IntegerField())
+
+
+class BulkUploadSerializer(serializers.Serializer):
+    """multipart/form-data: any number of `file` parts, each a DICOM file or a zip of them."""
+
+    file = serializers.ListField(child=serializers.FileField(), help_text="Repeat the part for each file.")
+
+
+class TagLookupSerializer(serializers.Serializer):
+    """Which instances (exactly one of instances, study, series) and which tag expressions."""
+
+    instances = serializers.ListField(child=serializers.UUIDField(), required=False, allow_empty=False)
+    study = serializers.UUIDField(required=False, help_text="A study id from /api/studies/.")
+    series = serializers.UUIDField(required=False, help_text="A series id from /api/series/.")
+    tags = serializers.ListField(
+        child=serializers.CharField(allow_blank=False, trim_whitespace=True),
+        allow_empty=False,
+        help_text="Tag expressions as for /api/instances/{id}/tags/{expr}/, e.g. PatientName, (0020,0013).",
+    )
+
+    def validate_tags(self, value):
+        if len(value) > settings.DICOM_LOOKUP_MAX_TAGS:
+            raise serializers.ValidationError(f"at most {settings.DICOM_LOOKUP_MAX_TAGS} tags per lookup")
+        return value
+
+    def validate(self, attrs):
+        given = [key for key in ("instances", "study", "series") if key in attrs]
+        if len(given) != 1:
+            raise serializers.ValidationError("give exactly one of instances, study or series")
+        return attrs
+
+
+class TagLookupRowSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    sop_instance_uid = serializers.CharField()
+    values = serializers.DictField(child=serializers.JSONField(allow_null=True), help_text="expression → value (null when absent)")
+
+
+class TagLookupResultSerializer(serializers.Serializer):
+    tags = serializers.ListField(child=serializers.CharField())
+    results = TagLookupRowSerializer(many=True)

@@ -14,5 +14,6 @@ router.register("series", views.SeriesViewSet, basename="series")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
+    path("tags/lookup/", views.TagLookupView.as_view(), name="tag-lookup"),
     path("", include(router.urls)),
 ]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from functools import partial
+
 from django.conf import settings
 from django.db import connection
-from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse
+from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -14,13 +19,18 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from .. import imaging, selectors, services
-from ..dicom import rendering, tags
+from .. import bulk, imaging, selectors, services
+from ..dicom import rendering, tags, zipstream
 from ..errors import InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..uploads import StagedFile, stage_stream
 from .parsers import DicomParser, StagingMultiPartParser
 from .serializers import (
+    BulkUploadResultSerializer,
+    BulkUploadSerializer,
+    TagLookupResultSerializer,
+    TagLookupSerializer,
     ConflictSerializer,
     ErrorSerializer,
     InstanceSerializer,
@@ -160,6 +170,32 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
         data = UploadResultSerializer(result.instance, context=context).data
         return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
+    @extend_schema(
+        summary="Upload many DICOM files or zip archives",
+        description=(
+            "Repeat the multipart field `file` for each file; a part that is a zip archive is expanded member by "
+            "member (never to disk as a tree). One result per file: created, duplicate, conflict (with the existing "
+            "`id`), refused (with the reason) or skipped (not DICOM, DICOMDIR, nested archive). Limits: "
+            "`DICOM_BULK_MAX_FILES` parts and `DICOM_BULK_MAX_BYTES` per request (413); zip archives are checked "
+            "before expansion against member count, total size and compression ratio (a zip bomb is skipped with "
+            "the reason), and members with absolute or '..' paths are refused."
+        ),
+        request={"multipart/form-data": BulkUploadSerializer},
+        responses={200: BulkUploadResultSerializer, **errors(400, 401, 413, 415)},
+    )
+    @action(detail=False, methods=["post"], url_path="bulk", parser_classes=[StagingMultiPartParser])
+    def bulk(self, request):
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isascii() and length.isdigit() and int(length) > settings.DICOM_BULK_MAX_BYTES:
+            raise UploadTooLarge(settings.DICOM_BULK_MAX_BYTES)
+        files = request.FILES.getlist("file")
+        if not files:
+            raise MissingFile("no file: send one or more multipart parts named 'file'")
+        results = bulk.ingest_uploads(owner=request.user, uploads=files)
+        counts = {status: sum(1 for r in results if r.status == status) for status in bulk.STATUSES}
+        rows = [{k: v for k, v in r.as_dict().items() if k != "size"} for r in results]
+        return Response({"results": rows, "counts": counts})
+
     def perform_destroy(self, instance):
         if not selectors.can_modify(self.request.user, instance):
             raise PermissionDenied("you may view this instance, but only its owner or a superuser may delete it")
@@ -275,6 +311,16 @@ def _etags(header: str) -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}
 
 
+ARCHIVE_RESPONSES = {
+    (200, "application/zip"): OpenApiResponse(
+        OpenApiTypes.BINARY,
+        description="A zip streamed as it is written (no Content-Length); members are the stored files, "
+        "<SeriesInstanceUID>/<SOPInstanceUID>.dcm. Files missing from storage are listed in MISSING.txt.",
+    ),
+    **errors(401, 404),
+}
+
+
 @extend_schema_view(
     list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401)}),
     retrieve=extend_schema(summary="A study with its series", responses={200: StudyDetailSerializer, **errors(401, 404)}),
@@ -289,6 +335,12 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_class(self):
         return StudyDetailSerializer if self.action == "retrieve" else StudySerializer
+
+    @extend_schema(summary="Download the study as a zip of its original files", responses=ARCHIVE_RESPONSES)
+    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=BinaryNegotiation)
+    def archive(self, request, pk=None):
+        study = self.get_object()
+        return _archive_response(study.instances.all(), f"study-{study.study_instance_uid}.zip")
 
 
 @extend_schema_view(
@@ -305,6 +357,120 @@ class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_class(self):
         return SeriesDetailSerializer if self.action == "retrieve" else SeriesSerializer
+
+    @extend_schema(summary="Download the series as a zip of its original files", responses=ARCHIVE_RESPONSES)
+    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=BinaryNegotiation)
+    def archive(self, request, pk=None):
+        series = self.get_object()
+        return _archive_response(series.instances.all(), f"series-{series.series_instance_uid}.zip")
+
+
+def _archive_response(instances, filename: str) -> StreamingHttpResponse:
+    """Stream a zip (STORED members named <SeriesInstanceUID>/<SOPInstanceUID>.dcm): memory stays flat,
+    and a client that disconnects stops the generator, closing the file being read."""
+    members = (
+        (f"{inst.series.series_instance_uid}/{inst.sop_instance_uid}.dcm", partial(inst.file.storage.open, inst.file.name, "rb"))
+        for inst in selectors.archive_members(instances).iterator(chunk_size=500)
+    )
+    response = StreamingHttpResponse(zipstream.stream_zip(members), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+class CsvOrJsonNegotiation(BaseContentNegotiation):
+    """`?format=csv` or `Accept: text/csv` selects the CSV answer, made by the view; errors stay JSON."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class TagLookupView(APIView):
+    """Bulk tag lookup: a table of tag values across instances, a study or a series."""
+
+    parser_classes = [JSONParser]
+    content_negotiation_class = CsvOrJsonNegotiation
+
+    @extend_schema(
+        summary="Look up tags across many instances",
+        description=(
+            "Exactly one of `instances` (ids), `study` or `series` (ids from /api/studies/ and /api/series/), and "
+            "`tags` (expressions as for the single lookup). One row per instance with each expression's value "
+            "(null when absent). 400 names a malformed expression; 404 when any instance, study or series is not "
+            "in your catalogue. `?format=csv` (or `Accept: text/csv`) answers with a CSV download instead."
+        ),
+        request=TagLookupSerializer,
+        parameters=[OpenApiParameter("format", str, enum=["json", "csv"], description="csv for a spreadsheet")],
+        responses={200: TagLookupResultSerializer, (200, "text/csv"): OpenApiTypes.STR, **errors(400, 401, 404)},
+    )
+    def post(self, request):
+        serializer = TagLookupSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        expressions = data["tags"]
+        parsed = [tags.parse_expression(expr) for expr in expressions]
+        queryset = selectors.lookup_instances(
+            request.user, instances=data.get("instances"), study=data.get("study"), series=data.get("series")
+        )
+        if queryset.count() > settings.DICOM_LOOKUP_MAX_INSTANCES:
+            raise InvalidUpload(f"the lookup covers more than {settings.DICOM_LOOKUP_MAX_INSTANCES} instances; narrow it")
+        rows = (
+            (inst, [tags.lookup_value(inst.header, steps) for steps in parsed]) for inst in queryset.iterator(chunk_size=200)
+        )
+        if _wants_csv(request):
+            response = StreamingHttpResponse(_csv_lines(expressions, rows), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = 'attachment; filename="tags.csv"'
+            return response
+        results = [
+            {"id": str(inst.pk), "sop_instance_uid": inst.sop_instance_uid, "values": dict(zip(expressions, values, strict=True))}
+            for inst, values in rows
+        ]
+        return Response({"tags": expressions, "results": results})
+
+
+def _wants_csv(request) -> bool:
+    fmt = (request.query_params.get("format") or "").lower()
+    if fmt:
+        if fmt not in ("csv", "json"):
+            raise InvalidUpload(f"format must be csv or json, not '{fmt[:20]}'")
+        return fmt == "csv"
+    return "text/csv" in request.META.get("HTTP_ACCEPT", "")
+
+
+def _csv_lines(expressions, rows):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "sop_instance_uid", *expressions])
+    for inst, values in rows:
+        writer.writerow([str(inst.pk), inst.sop_instance_uid, *(_csv_cell(v) for v in values)])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _csv_cell(value) -> str:
+    """Scalars as text, multiple values joined by a backslash (DICOM's separator), structures as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+        return "\\".join(str(v) for v in value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    text = str(value)
+    # A leading = + - @ would make a spreadsheet evaluate the cell (CSV injection): quote it as text.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class TokenView(ObtainAuthToken):

@@ -219,6 +219,14 @@ def lookup(header: dict[str, Any], steps: tuple[Step, ...]) -> TagValue:
     raise AssertionError("unreachable: steps is never empty")  # pragma: no cover
 
 
+def lookup_value(header: dict[str, Any], steps: tuple[Step, ...]) -> Any:
+    """The value an expression names, or None when the header has no such element or item."""
+    try:
+        return lookup(header, steps).value
+    except ElementNotFound:
+        return None
+
+
 def _item(element: dict[str, Any], step: Step) -> dict[str, Any]:
     items = element.get("Value") or []
     if step.index is None or step.index >= len(items):
