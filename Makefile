@@ -6,7 +6,16 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-1
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install migrate lint schema clean
+.PHONY: run test install system-deps migrate lint schema clean
+
+# Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
+SYSTEM_TOOLS := dcmj2pnm:dcmtk chromium:chromium
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing fonts-dejavu-core; \
+		else echo "missing system packages:$$missing (apt-get install them; the tests that need them will fail)"; fi; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,7 +37,7 @@ run: install
 
 # Tests use their own throwaway key; DATABASE_URL picks SQLite (default) or PostgreSQL.
 test: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
-test: install
+test: install system-deps
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
