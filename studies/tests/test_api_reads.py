@@ -273,7 +273,7 @@ def test_instance_list_query_count_does_not_grow_with_rows(api):
     assert api.get("/api/instances/").json()["count"] == 20
 
     assert list_queries(api) == with_one
-    assert with_one <= 5  # token, user and group permissions (view_all check), count, page
+    assert with_one <= 6  # token, user and group permissions (view_all check), count, page, audit event
 
 
 @pytest.mark.django_db

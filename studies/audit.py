@@ -1,0 +1,159 @@
+"""Audit trail and request ids.
+
+`RequestIdMiddleware` gives every request an id (a valid incoming X-Request-ID, else a new
+one), returns it in the response and puts it on every log record of the request.
+`AuditMiddleware` writes one append-only AuditEvent for every request that reads or changes
+patient data (the API's instance/study/series/tag routes, DICOMweb, the catalogue's admin
+pages), whatever its outcome: success, denied, not_found (no such object), refused (bad
+input) or error. A 404 for an object that exists but belongs to someone else is recorded as
+denied: the client is not told, the audit trail is.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import uuid
+
+from django.conf import settings
+from django.urls import Resolver404, resolve
+
+logger = logging.getLogger(__name__)
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+AUDITED_PREFIXES = ("/api/instances", "/api/studies", "/api/series", "/api/tags", "/api/auth", "/dicomweb/", "/admin/studies/")
+OBJECT_TYPES = {"instance": "instance", "study": "study", "series": "series"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request id, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every log record (\"-\" outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class RequestIdMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+        request.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request.request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["X-Request-ID"] = request.request_id
+        return response
+
+
+class AuditMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.path.startswith(AUDITED_PREFIXES):
+            try:
+                record(request, response.status_code)
+            except Exception:  # noqa: BLE001 - a failed audit write must be loud in the log, not a lost response
+                logger.exception("audit event could not be written")
+        return response
+
+
+def record(request, status: int) -> None:
+    """Write the AuditEvent for one finished request."""
+    from .models import AuditEvent
+
+    action, object_type, object_id = describe(request)
+    # DRF authenticates (token, basic) inside the view and sets the user on Django's request too.
+    user = getattr(request, "user", None)
+    authenticated = bool(user is not None and user.is_authenticated)
+    outcome = _outcome(status)
+    if status == 404 and authenticated and object_type and object_id and _exists(object_type, object_id):
+        outcome = "denied"
+    AuditEvent.objects.create(
+        user=user if authenticated else None,
+        username=user.get_username() if authenticated else "",
+        action=action,
+        method=request.method[:8],
+        object_type=object_type,
+        object_id=object_id[:64],
+        outcome=outcome,
+        status=status,
+        client_address=client_address(request),
+        request_id=getattr(request, "request_id", "")[:64],
+    )
+
+
+def describe(request) -> tuple[str, str, str]:
+    """(action, object type, object id) from the URL that was asked for."""
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return "unknown-route", "", ""
+    name = match.url_name or "unknown"
+    if request.path.startswith("/admin/"):
+        action = "admin-" + name.removeprefix("studies_").replace("_", "-")
+        object_id = str(match.kwargs.get("object_id", ""))
+        model = name.removeprefix("studies_").split("_")[0]
+    else:
+        action = name
+        object_id = str(match.kwargs.get("pk", "") or match.kwargs.get("study", "") or "")
+        model = name.split("-")[0]
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not action.endswith(request.method.lower()):
+        action = f"{action}-{request.method.lower()}"
+    return action[:64], OBJECT_TYPES.get(model, "") if object_id else "", object_id
+
+
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "success"
+    if status in (401, 403):
+        return "denied"
+    if status == 404:
+        return "not_found"
+    if status < 500:
+        return "refused"
+    return "error"
+
+
+def _exists(object_type: str, object_id: str) -> bool:
+    from .models import Instance, Series, Study
+
+    model = {"instance": Instance, "study": Study, "series": Series}[object_type]
+    try:
+        return model.objects.filter(pk=object_id).exists()
+    except Exception:  # noqa: BLE001 - a malformed id exists nowhere
+        return False
+
+
+def client_address(request) -> str | None:
+    """REMOTE_ADDR, or the first X-Forwarded-For hop when the deployer says a proxy sets it."""
+    address = request.META.get("REMOTE_ADDR", "")
+    if settings.AUDIT_TRUST_X_FORWARDED_FOR:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[0].strip()
+        address = forwarded or address
+    return address or None
