@@ -61,6 +61,27 @@ if not SECRET_KEY:
         )
     SECRET_KEY = "insecure-development-key-only-for-make-run"  # noqa: S105 - DEBUG only
 
+# --- security -------------------------------------------------------------------------
+# Behind TLS (directly or via a reverse proxy), set DJANGO_HTTPS=1: secure cookies, HSTS, redirect.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+SECURE_SSL_REDIRECT = HTTPS and env_bool("DJANGO_SSL_REDIRECT", True)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000, minimum=0) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+# Preloading commits the domain (and subdomains) to HTTPS in browsers for months: the deployer's decision.
+SECURE_HSTS_PRELOAD = HTTPS and env_bool("DJANGO_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+if env_bool("DJANGO_BEHIND_PROXY", False):
+    # Only when a proxy you control sets X-Forwarded-Proto (and strips it from clients).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = env_int("DJANGO_SESSION_SECONDS", 8 * 3600, minimum=60)
+
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -196,6 +217,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "studies.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Per-user rates for the expensive actions (InstanceViewSet.get_throttles picks the scope); 429 above.
+    "DEFAULT_THROTTLE_RATES": {
+        "upload": env_str("DICOM_THROTTLE_UPLOAD", "1200/min"),
+        "render": env_str("DICOM_THROTTLE_RENDER", "6000/min"),
+    },
 }
 
 SPECTACULAR_SETTINGS = {

@@ -5,9 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import os
+import uuid
 from functools import partial
 
 from django.conf import settings
+from django.core.cache import cache
+from django.core.files.storage import default_storage
 from django.db import connection
 from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -19,6 +24,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from .. import bulk, imaging, selectors, services
@@ -43,6 +49,8 @@ from .serializers import (
     UploadSerializer,
 )
 
+logger = logging.getLogger(__name__)
+
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
 
@@ -58,6 +66,14 @@ def errors(*statuses: int, **described: str) -> dict:
         422: "The image cannot be rendered.",
     }
     return {code: OpenApiResponse(ErrorSerializer, description=described.get(f"e{code}", texts[code])) for code in statuses}
+
+
+class ScopedUserThrottle(UserRateThrottle):
+    """A per-user (per-address when anonymous) rate for one scope of DEFAULT_THROTTLE_RATES."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__()
 
 
 class BinaryNegotiation(BaseContentNegotiation):
@@ -123,6 +139,10 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
                 search=params.get("search"),
             )
         return selectors.instances_for(self.request.user)
+
+    def get_throttles(self):
+        scope = {"create": "upload", "bulk": "upload", "image": "render", "thumbnail": "render"}.get(self.action)
+        return [ScopedUserThrottle(scope)] if scope else []
 
     def get_object(self):
         if self.action in {"image", "thumbnail", "file"}:
@@ -479,6 +499,41 @@ class TokenView(ObtainAuthToken):
     @extend_schema(summary="Get an API token", responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}, **errors(400)})
     def post(self, request, *args, **kwargs):
         return super().post(request, *args, **kwargs)
+
+
+def readyz(request):
+    """Readiness: the database, the file storage and the cache all answer (503 naming what does not)."""
+    checks = {"database": _check_database, "storage": _check_storage, "cache": _check_cache}
+    results = {}
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception:  # noqa: BLE001 - any failure means "not ready"; the log has the detail
+            logger.exception("readiness check failed: %s", name)
+            results[name] = "down"
+    ready = all(value == "ok" for value in results.values())
+    return JsonResponse({"status": "ready" if ready else "unavailable", **results}, status=200 if ready else 503)
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _check_storage() -> None:
+    default_storage.exists("dicom")  # a round trip to the storage backend (filesystem or object store)
+    location = getattr(default_storage, "location", None)
+    if location is not None and not os.access(location, os.W_OK):
+        raise OSError("the media folder is not writable")
+
+
+def _check_cache() -> None:
+    key = f"readyz-{uuid.uuid4().hex}"
+    cache.set(key, "1", 10)
+    if cache.get(key) != "1":
+        raise OSError("the cache did not return what was stored")
+    cache.delete(key)
 
 
 def healthz(request):
