@@ -2,7 +2,7 @@
 """Import benchmark: `manage.py import_dicom` against a throwaway Orthanc's `POST /instances`.
 
     .venv/bin/python bench/import_bench.py --n 1000 [--workers 2] [--db postgres|sqlite] [--repeat 1]
-                                           [--profile] [--json bench/results/import.json]
+                                           [--profile] [--py-spy /path/to/py-spy] [--json bench/results/import.json]
 
 The requirement it checks: import_dicom of a 1,000-file 512x512 CT series at >= 3x the files/s of Orthanc
 1.10's POST /instances with 4 concurrent clients on the same files in the same run; the import's peak
@@ -46,6 +46,9 @@ and the temp dir removed unless --keep-tmp):
 6. --profile: one more import of 200 files (--profile-n) with --workers 1 under cProfile
    (`python -m cProfile -o FILE manage.py import_dicom ...`, fresh owner); the top entries by cumulative time
    are printed and stored in the JSON.
+7. --py-spy BIN: one more N-file import (fresh owner, same --workers) under `py-spy record --subprocesses --idle`;
+   wall time of the main process's main thread and of the workers is attributed to coarse buckets (catalogue
+   queries, commit, storage, waiting for workers; header JSON, dcmread, hashing, idle).
 
 Prints a table (service vs Orthanc, ratio = service/orthanc files/s, higher is better; peak memory at N/4
 and N), machine info and the exact commands; writes JSON to bench/results/import.json.
@@ -548,13 +551,22 @@ def run_orthanc(tmp: Path, args, files: list[Path], nbytes: int, label: str) -> 
 # --------------------------------------------------------------------------- profile
 
 
+def _short(filename: str) -> str:
+    return re.sub(r".*/site-packages/", "", filename.replace(str(ROOT) + "/", ""))
+
+
+# Frames that only wrap the command (interpreter, manage.py, Django's command machinery) or are import-time.
+_WRAPPERS = ("manage.py", "django/core/management/__init__.py", "django/core/management/base.py", "<frozen importlib",
+             "django/__init__.py", "django/apps/registry.py", "django/apps/config.py")
+
+
 def profile_import(service: Service, tmp: Path, template, n: int, owner: str, top: int) -> dict:
+    """cProfile one import with --workers 1 (all work in one process); top entries by cumulative time."""
     folder = tmp / "profile"
-    files, nbytes = write_set(template, folder, n, "profile")
+    _, nbytes = write_set(template, folder, n, "profile")
     prof = tmp / "import.prof"
-    report = tmp / "report-profile.csv"
     cmd = [str(VENV_PYTHON), "-m", "cProfile", "-o", str(prof),
-           *service.import_command(folder, owner, 1, report)[1:]]  # fmt: skip
+           *service.import_command(folder, owner, 1, tmp / "report-profile.csv")[1:]]  # fmt: skip
     log(f"profile: {' '.join(cmd)}")
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, env=service.env, capture_output=True, text=True, timeout=900)
@@ -562,29 +574,108 @@ def profile_import(service: Service, tmp: Path, template, n: int, owner: str, to
     if res.returncode != 0:
         raise RuntimeError(f"profiled import failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
     stats = pstats.Stats(str(prof))
-    total = stats.total_tt
-    rows = []
-    entries = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)
-    for (filename, line, func), (cc, nc, tt, ct, _callers) in entries[:top]:
-        short = filename.replace(str(ROOT) + "/", "").replace(str(Path(VENV_PYTHON).parent.parent) + "/", ".venv/")
-        short = re.sub(r".*/site-packages/", "", short)
-        rows.append({"function": f"{short}:{line}({func})", "ncalls": nc, "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)})
-    by_tottime = []
-    for (filename, line, func), (cc, nc, tt, ct, _callers) in sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]:
-        short = re.sub(r".*/site-packages/", "", filename.replace(str(ROOT) + "/", ""))
-        by_tottime.append({"function": f"{short}:{line}({func})", "ncalls": nc, "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)})
+    startup = sum(v[3] for k, v in stats.stats.items() if k[2] == "<module>" and k[0].endswith("manage.py"))
+    handle = max((v[3] for k, v in stats.stats.items() if k[0].endswith("import_dicom.py") and k[2] == "handle"), default=0.0)
+
+    def rows(key: int, skip_wrappers: bool) -> list[dict]:
+        out = []
+        for (filename, line, func), (_cc, nc, tt, ct, _callers) in sorted(stats.stats.items(), key=lambda kv: kv[1][key], reverse=True):
+            short = _short(filename)
+            if skip_wrappers and (short.startswith(_WRAPPERS) or "importlib/__init__.py" in short
+                                  or func.startswith(("<built-in method builtins.exec", "<built-in method builtins.__import__"))):
+                continue
+            out.append({"function": f"{short}:{line}({func})", "ncalls": nc, "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)})
+            if len(out) >= top:
+                break
+        return out
+
     summary = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     return {
         "command": " ".join(cmd),
         "files": n,
         "bytes": nbytes,
         "wall_s": round(wall, 2),
-        "profiled_total_s": round(total, 2),
+        "profiled_total_s": round(startup, 2),
+        "handle_cumtime_s": round(handle, 2),
         "summary": summary,
-        "top_cumulative": rows,
-        "top_tottime": by_tottime,
-        "note": "cProfile adds overhead per Python call; workers=1 so all work runs in the profiled process",
-    }
+        "top_cumulative": rows(3, True),
+        "top_tottime": rows(2, False),
+        "note": "cProfile inflates per-call costs (pydicom and the ORM make many small calls); --workers 1 so all work "
+                "is in the profiled process; interpreter/manage.py/Django command wrappers and import-time frames are "
+                "left out of top_cumulative",
+    }  # fmt: skip
+
+
+# py-spy raw ("collapsed") stacks: where the main process's main thread and the workers spend wall time.
+_MAIN_BUCKETS = [
+    ("catalogue: duplicate/conflict lookup (services._existing)", "_existing (studies/services.py"),
+    ("catalogue: Study/Series get_or_create", "get_or_create (django/db/models/query.py"),
+    ("catalogue: Instance INSERT", "create (django/db/models/query.py"),
+    ("catalogue: COMMIT (transaction.atomic exit)", "__exit__ (django/db/transaction.py"),
+    ("catalogue: storage save (copy, zero preamble, re-hash)", "save (django/core/files/storage"),
+    ("catalogue: other", "_catalogue (studies/bulk.py"),
+    ("waiting for a worker's result", "_result (studies/bulk.py"),
+    ("submitting to the pool", "submit (concurrent/futures/process.py"),
+    ("walking the folder", "walk (studies/dicom/sources.py"),
+    ("pool shutdown (joining workers)", "shutdown (concurrent/futures/process.py"),
+    ("Django/app start-up", "_find_and_load"),
+]
+_WORKER_BUCKETS = [
+    ("prepare: header to DICOM JSON (parsing.dataset_to_json)", "dataset_to_json (studies/dicom/parsing.py"),
+    ("prepare: dcmread of the header", "_read_header (studies/dicom/parsing.py"),
+    ("prepare: SHA-256", "update (studies/dicom/parsing.py"),
+    ("prepare: other", "prepare (studies/dicom/sources.py"),
+    ("sending results back (pickle, pipe)", "_sendback_result"),
+    ("idle: waiting for work (call queue)", "Queue.get (multiprocessing/queues.py"),
+    ("worker start-up (imports)", "_find_and_load"),
+]
+
+
+def summarise_pyspy(path: Path, rate: int) -> dict:
+    main: dict[str, int] = {}
+    workers: dict[str, int] = {}
+    main_total = worker_total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        cnt = int(count)
+        if "Command.handle (studies/management/commands/import_dicom.py" in stack:
+            target, buckets = main, _MAIN_BUCKETS
+            main_total += cnt
+        elif "_process_worker (concurrent/futures/process.py" in stack:
+            target, buckets = workers, _WORKER_BUCKETS
+            worker_total += cnt
+        else:
+            continue
+        label = next((lbl for lbl, key in buckets if key in stack), "other: " + stack.split(";")[-1][:80])
+        target[label] = target.get(label, 0) + cnt
+
+    def table(d: dict[str, int], total: int) -> list[dict]:
+        return [{"what": k, "samples": v, "share": round(v / total, 4), "seconds": round(v / rate, 2)}
+                for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:14]]  # fmt: skip
+
+    return {"main_thread_samples": main_total, "worker_samples": worker_total,
+            "main_thread": table(main, main_total) if main_total else [],
+            "workers": table(workers, worker_total) if worker_total else []}  # fmt: skip
+
+
+def pyspy_import(service: Service, tmp: Path, pyspy: str, folder: Path, files: int, owner: str, workers: int, rate: int) -> dict:
+    """One more import (fresh owner) under `py-spy record --subprocesses --idle`: wall-time attribution."""
+    raw = tmp / "import.pyspy.txt"
+    cmd = [pyspy, "record", "--subprocesses", "--idle", "--rate", str(rate), "--format", "raw", "--output", str(raw), "--",
+           *service.import_command(folder, owner, workers, tmp / "report-pyspy.csv")]  # fmt: skip
+    log(f"py-spy: {' '.join(cmd)}")
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=ROOT, env=service.env, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0 or not raw.exists():
+        raise RuntimeError(f"py-spy run failed ({res.returncode}):\n{res.stdout[-1500:]}\n{res.stderr[-1500:]}")
+    summary = next((x for x in reversed(res.stdout.splitlines()) if " files in " in x), "")
+    return {"command": " ".join(cmd), "files": files, "workers": workers, "wall_s": round(wall, 2), "summary": summary,
+            "rate_hz": rate, **summarise_pyspy(raw, rate),
+            "note": "--idle: blocked time (waiting for PostgreSQL, for workers, for work) is sampled too; worker "
+                    "samples are summed over the worker processes"}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report
@@ -610,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="also cProfile an import with --workers 1")
     ap.add_argument("--profile-n", type=int, default=200)
     ap.add_argument("--profile-top", type=int, default=30)
+    ap.add_argument("--py-spy", default=None, metavar="BIN",
+                    help="also record one N-file import (--workers W) under this py-spy binary and attribute wall time")
+    ap.add_argument("--py-spy-rate", type=int, default=100)
     ap.add_argument("--target-ratio", type=float, default=3.0)
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "import.json", help="where to write results")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (files, logs, stored files, reports)")
@@ -634,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     full_runs: list[ImportRun] = []
     orth_runs: list[OrthancRun] = []
     profile: dict | None = None
+    spy: dict | None = None
     failed = False
     try:
         log(f"workload: {n} + 8 warm-up files in {tmp}")
@@ -648,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"workload: {n} files, {total_bytes / 1e6:.1f} MB ({total_bytes / n / 1024:.0f} KiB each)")
 
         service.setup()
-        owners = ["bench_warmup", "bench_quarter", *[f"bench_full_{k}" for k in range(args.repeat)], "bench_profile"]
+        owners = ["bench_warmup", "bench_quarter", *[f"bench_full_{k}" for k in range(args.repeat)], "bench_profile", "bench_pyspy"]
         service.create_users(owners)
         svc_runs["warmup"] = service.run_import("warmup", tmp / "warmup", 8, sum(p.stat().st_size for p in (tmp / "warmup").iterdir()),
                                                 "bench_warmup", args.workers)  # fmt: skip
@@ -666,6 +761,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             pn = min(args.profile_n, n)
             profile = profile_import(service, tmp, template, pn, "bench_profile", args.profile_top)
+        if args.py_spy:
+            try:
+                spy = pyspy_import(service, tmp, args.py_spy, tmp / "full", n, "bench_pyspy", args.workers, args.py_spy_rate)
+            except Exception as exc:  # noqa: BLE001 - optional diagnostics
+                notes.append(f"py-spy run failed: {exc}")
     except BaseException:
         failed = True
         raise
@@ -768,10 +868,19 @@ def main(argv: list[str] | None = None) -> int:
     if profile:
         print()
         print(f"profile ({profile['command']}):")
-        print(f"  {profile['summary']}  [wall {profile['wall_s']} s under cProfile]")
-        print(f"  {'cumtime s':>9}  {'tottime s':>9}  {'ncalls':>8}  function")
+        print(f"  {profile['summary']}  [wall {profile['wall_s']} s under cProfile; handle() {profile['handle_cumtime_s']} s "
+              f"of {profile['profiled_total_s']} s profiled]")  # fmt: skip
+        print(f"  {'cumtime s':>9}  {'tottime s':>9}  {'ncalls':>8}  function   (wrappers and import-time frames left out)")
         for row in profile["top_cumulative"]:
             print(f"  {row['cumtime_s']:9.3f}  {row['tottime_s']:9.3f}  {row['ncalls']:8d}  {row['function']}")
+    if spy:
+        print()
+        print(f"py-spy wall-time attribution ({spy['command']}):")
+        print(f"  {spy['summary']}")
+        for part, key in (("main process, main thread", "main_thread"), ("worker processes (summed)", "workers")):
+            print(f"  {part}:")
+            for row in spy[key]:
+                print(f"    {row['share'] * 100:5.1f}%  {row['seconds']:7.2f} s  {row['what']}")
     if notes:
         print("\nnotes:")
         for note in notes:
@@ -796,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
         "service_runs": {k: r.as_dict() for k, r in svc_runs.items()},
         "orthanc_runs": [r.as_dict() for r in orth_runs],
         "profile": profile,
+        "py_spy": spy,
         "notes": notes,
         "elapsed_s": round(time.monotonic() - t_start, 1),
     }

@@ -16,6 +16,7 @@ from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from pydicom.uid import UID
 
 from . import selectors, services
 from .dicom import rendering, tags
@@ -48,6 +49,20 @@ def _changelist_link(model: str, field: str, pk, text) -> str:
     return format_html('<a href="{}">{}</a>', url, text)
 
 
+class TransferSyntaxFilter(admin.SimpleListFilter):
+    """Transfer syntaxes by name ("JPEG 2000 Image Compression"), not by bare UID."""
+
+    title = "transfer syntax"
+    parameter_name = "transfer_syntax_uid"
+
+    def lookups(self, request, model_admin):
+        uids = model_admin.get_queryset(request).order_by().values_list("transfer_syntax_uid", flat=True).distinct()
+        return sorted(((uid, UID(uid).name if UID(uid).is_transfer_syntax else uid) for uid in uids), key=lambda x: x[1])
+
+    def queryset(self, request, queryset):
+        return queryset.filter(transfer_syntax_uid=self.value()) if self.value() else queryset
+
+
 class OwnerScopedAdmin(admin.ModelAdmin):
     """Staff see and act on only their own rows unless they may view all (selectors.can_view_all)."""
 
@@ -73,6 +88,17 @@ class OwnerScopedAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def get_fields(self, request, obj=None):
+        # The owner as plain text: Django would link it to auth.User pages that staff may not open.
+        return ["owner_name" if name == "owner" else name for name in super().get_fields(request, obj)]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "owner_name"]
+
+    @admin.display(description="Owner")
+    def owner_name(self, obj):
+        return obj.owner.get_username()
+
     def get_list_filter(self, request):
         filters = list(super().get_list_filter(request))
         if selectors.can_view_all(request.user):
@@ -95,7 +121,7 @@ class InstanceAdmin(OwnerScopedAdmin):
         "file_size",
     ]
     list_display_links = ["thumbnail", "patient_name"]
-    list_filter = ["modality", "uploaded_at", "transfer_syntax_uid"]
+    list_filter = ["modality", "uploaded_at", TransferSyntaxFilter]
     search_fields = [
         "patient_name",
         "patient_id",
@@ -129,7 +155,7 @@ class InstanceAdmin(OwnerScopedAdmin):
                 ]
             },
         ),
-        ("Stored file", {"fields": ["original_filename", "file_size", "sha256", "owner", "uploaded_at"]}),
+        ("Stored file", {"fields": ["original_filename", "file_size", "sha256", "owner_name", "uploaded_at"]}),
     ]
     readonly_fields = ["file_size"]
     actions = ["delete_selected_instances"]
@@ -138,6 +164,11 @@ class InstanceAdmin(OwnerScopedAdmin):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)  # bulk delete goes through the service, below
         return actions
+
+    def get_list_display(self, request):
+        columns = list(super().get_list_display(request))
+        # Without view_all every row is the user's own: the owner column would only repeat their name.
+        return columns if selectors.can_view_all(request.user) else [c for c in columns if c != "owner"]
 
     @admin.display(description="Image")
     def thumbnail(self, obj):

@@ -163,7 +163,8 @@ def parse_dicom(
     except InvalidDicom:
         raise
     except pydicom.errors.InvalidDicomError as exc:
-        raise InvalidDicom(f"not a DICOM Part-10 file: {_first_line(exc)}") from exc
+        detail = _first_line(exc).replace(" Use force=True to force reading.", "")  # a developer's hint, not the user's
+        raise InvalidDicom(f"not a DICOM Part-10 file: {detail}") from exc
     except RecursionError as exc:
         raise InvalidDicom("the header nests sequences too deeply to read") from exc
     except MemoryError as exc:

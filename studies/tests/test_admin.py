@@ -290,3 +290,21 @@ def test_bulk_delete_action_removes_only_own_rows_and_their_files(make_user, sta
     assert response.status_code == 302
     assert list(Instance.objects.values_list("pk", flat=True)) == [theirs.pk]
     assert len(stored_files(media_root)) == 1
+
+
+@pytest.mark.parametrize("model", ["instance", "study", "series"])
+def test_detail_pages_show_the_owner_as_text_not_a_link_staff_cannot_open(staff_a, model):
+    client = browser(staff_a)
+    instance = own_instance(client)
+    pk = {"instance": instance.pk, "study": instance.study_id, "series": instance.series_id}[model]
+    html = client.get(reverse(f"admin:studies_{model}_change", args=[pk])).content.decode()
+    assert "alice" in html
+    assert "/admin/auth/user/" not in html
+
+
+def test_transfer_syntax_filter_names_the_syntaxes(staff_a):
+    client = browser(staff_a)
+    own_instance(client)
+    html = client.get(LIST_URLS["instance"]).content.decode()
+    assert "Explicit VR Little Endian" in html
+    assert instance_ids(client.get(LIST_URLS["instance"], {"transfer_syntax_uid": "1.2.840.10008.1.2.4.90"})) == set()

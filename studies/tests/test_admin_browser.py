@@ -180,7 +180,7 @@ def result_rows(page: Page):
     return page.locator("#result_list tbody tr")
 
 
-# The drawn pixels of #viewer-image once it shows `fragment` in its URL and has loaded.
+# Draws an <img> on a canvas: a hash and the mean of its pixels (the image is same-origin, so readable).
 _IMAGE_PIXELS_JS = """
 (img) => {
   const canvas = document.createElement("canvas");

@@ -72,8 +72,11 @@
         const details = row.querySelector(":scope > td.value > details");
         if (details) {
           let nestedMatch = false;
-          details.querySelectorAll(":scope > .sequence-item > table > tbody").forEach(function (inner) {
-            if (apply(inner, match ? "" : query)) nestedMatch = true;
+          details.querySelectorAll(":scope > .sequence-item").forEach(function (item) {
+            const shown = apply(item.querySelector(":scope > table > tbody"), match ? "" : query);
+            // An item with nothing matching inside is hidden too, not left as a bare "Item n" label.
+            item.hidden = Boolean(query) && !match && !shown;
+            if (shown) nestedMatch = true;
           });
           if (query && nestedMatch && !match) details.open = true;
           match = match || nestedMatch;
