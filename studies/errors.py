@@ -44,3 +44,9 @@ class Conflict(ServiceError):
 
     status = 409
     code = "conflict"
+
+
+class InvalidParameter(ServiceError):
+    """A query or body parameter is malformed or out of range."""
+
+    code = "invalid_parameter"

@@ -60,18 +60,25 @@ def instance_list(
     series: str | None = None,
     modality: str | None = None,
     patient_id: str | None = None,
+    study_date_from=None,
+    study_date_to=None,
     search: str | None = None,
 ) -> QuerySet[Instance]:
-    """The user's instances filtered by study/series UID, modality, patient ID and free text."""
+    """The user's instances filtered by study/series UID, modality, patient ID, study date range and free text."""
     queryset = instances_for(user)
     if study:
         queryset = queryset.filter(study__study_instance_uid=study)
     if series:
         queryset = queryset.filter(series__series_instance_uid=series)
     if modality:
-        queryset = queryset.filter(modality__iexact=modality)
+        # Modality is a Code String: upper case by definition (PS3.5 6.2), so an exact, indexable match.
+        queryset = queryset.filter(modality=modality.strip().upper())
     if patient_id:
         queryset = queryset.filter(patient_id=patient_id)
+    if study_date_from:
+        queryset = queryset.filter(study_date__gte=study_date_from)
+    if study_date_to:
+        queryset = queryset.filter(study_date__lte=study_date_to)
     if search:
         queryset = queryset.filter(
             Q(patient_name__icontains=search)

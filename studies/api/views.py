@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import logging
@@ -29,7 +30,7 @@ from rest_framework.views import APIView
 
 from .. import bulk, imaging, selectors, services
 from ..dicom import rendering, tags, zipstream
-from ..errors import InvalidUpload, MissingFile, ServiceError, UploadTooLarge
+from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..uploads import StagedFile, stage_stream
 from .parsers import DicomParser, StagingMultiPartParser
 from .serializers import (
@@ -111,6 +112,8 @@ class InstanceFilterParams:
         OpenApiParameter("series", str, description="Series Instance UID"),
         OpenApiParameter("modality", str, description="Modality, e.g. CT (case-insensitive)"),
         OpenApiParameter("patient_id", str, description="Patient ID (exact)"),
+        OpenApiParameter("study_date_from", OpenApiTypes.DATE, description="Study date on or after (YYYY-MM-DD)"),
+        OpenApiParameter("study_date_to", OpenApiTypes.DATE, description="Study date on or before (YYYY-MM-DD)"),
         OpenApiParameter("search", str, description="Text in patient name/ID, accession number, descriptions, or an exact UID"),
     ]
 
@@ -136,6 +139,8 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
                 series=params.get("series"),
                 modality=params.get("modality"),
                 patient_id=params.get("patient_id"),
+                study_date_from=_date_param(params, "study_date_from"),
+                study_date_to=_date_param(params, "study_date_to"),
                 search=params.get("search"),
             )
         return selectors.instances_for(self.request.user)
@@ -317,6 +322,16 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
         return _image_response(request, self.get_object(), options)
 
 
+def _date_param(params, name: str):
+    raw = (params.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be a date as YYYY-MM-DD, not '{raw[:20]}'") from None
+
+
 def _image_response(request, instance, options: rendering.RenderOptions) -> HttpResponse:
     tag = imaging.etag(instance, options)
     headers = {"ETag": tag, "Cache-Control": "private, max-age=86400", "Vary": "Accept, Authorization, Cookie"}
@@ -436,7 +451,7 @@ class TagLookupView(APIView):
             request.user, instances=data.get("instances"), study=data.get("study"), series=data.get("series")
         )
         if queryset.count() > settings.DICOM_LOOKUP_MAX_INSTANCES:
-            raise InvalidUpload(f"the lookup covers more than {settings.DICOM_LOOKUP_MAX_INSTANCES} instances; narrow it")
+            raise InvalidParameter(f"the lookup covers more than {settings.DICOM_LOOKUP_MAX_INSTANCES} instances; narrow it")
         rows = (
             (inst, [tags.lookup_value(inst.header, steps) for steps in parsed]) for inst in queryset.iterator(chunk_size=200)
         )
@@ -455,7 +470,7 @@ def _wants_csv(request) -> bool:
     fmt = (request.query_params.get("format") or "").lower()
     if fmt:
         if fmt not in ("csv", "json"):
-            raise InvalidUpload(f"format must be csv or json, not '{fmt[:20]}'")
+            raise InvalidParameter(f"format must be csv or json, not '{fmt[:20]}'")
         return fmt == "csv"
     return "text/csv" in request.META.get("HTTP_ACCEPT", "")
 
