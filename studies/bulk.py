@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import shutil
+import tempfile
 import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -60,22 +62,31 @@ def default_workers() -> int:
 
 def import_paths(*, owner, paths: Iterable[str], workers: int = 1, dry_run: bool = False) -> Iterator[FileResult]:
     """Import every DICOM file under `paths` for `owner`; one FileResult per file found, in walk order."""
+    # This run's own temporary folder (zip members are copied there by the workers): removed whole
+    # at the end, so no copy of patient data outlives the run, however it ends (Ctrl-C included).
+    temp_dir = tempfile.mkdtemp(prefix="import-", dir=settings.FILE_UPLOAD_TEMP_DIR)
     prepare = partial(
         sources.prepare,
         max_bytes=settings.DICOM_MAX_UPLOAD_BYTES,
         max_inflated_bytes=settings.DICOM_MAX_INFLATED_BYTES,
-        temp_dir=settings.FILE_UPLOAD_TEMP_DIR,
+        temp_dir=temp_dir,
     )
     found = sources.walk(paths, zip_limits=zip_limits())
-    for item in _prepared(found, prepare, workers):
-        yield _catalogue(owner, item, dry_run=dry_run)
+    planned: dict[str, set] = {"sha256": set(), "uid": set()}  # dry run: what earlier files would have stored
+    prepared = _prepared(found, prepare, workers)
+    try:
+        for item in prepared:
+            yield _catalogue(owner, item, dry_run=dry_run, planned=planned)
+    finally:
+        prepared.close()  # stops the workers first, so nothing writes into the folder after this
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _prepared(found: Iterator, prepare, workers: int) -> Iterator:
-    """Skipped items as they are; Sources prepared (in worker processes when workers > 1), in order."""
+    """Skipped and Refused items as they are; Sources prepared (in worker processes when workers > 1), in order."""
     if workers <= 1:
         for item in found:
-            yield item if isinstance(item, sources.Skipped) else prepare(item)
+            yield prepare(item) if isinstance(item, sources.Source) else item
         return
     # Workers import only the pure studies.dicom package (no Django).
     # spawn, not fork: the parent holds database connections and threads that a fork would copy.
@@ -84,20 +95,25 @@ def _prepared(found: Iterator, prepare, workers: int) -> Iterator:
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=sources.worker_init) as pool:
         try:
             for item in found:
-                if isinstance(item, sources.Skipped):
-                    pending.append(item)
-                else:
-                    pending.append(pool.submit(prepare, item))
+                pending.append(pool.submit(prepare, item) if isinstance(item, sources.Source) else item)
                 while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                    yield _result(pending.popleft())
+                    yield _take(pending)
             while pending:
-                yield _result(pending.popleft())
+                yield _take(pending)
         finally:
             # Interrupted (Ctrl-C, error): drop queued work and remove temporary copies already made.
             pool.shutdown(wait=True, cancel_futures=True)
             for entry in pending:
                 if isinstance(entry, concurrent.futures.Future) and entry.done() and not entry.cancelled() and entry.exception() is None:
                     _discard(entry.result())
+
+
+def _take(pending: deque):
+    """The first pending result. It leaves `pending` only once it is in hand, so a Ctrl-C while
+    waiting for it still finds it there (and removes its temporary copy) in the cleanup above."""
+    result = _result(pending[0])
+    pending.popleft()
+    return result
 
 
 def _result(entry):
@@ -111,14 +127,14 @@ def _discard(item) -> None:
         sources._remove(item.path)
 
 
-def _catalogue(owner, item, *, dry_run: bool) -> FileResult:
+def _catalogue(owner, item, *, dry_run: bool = False, planned: dict | None = None) -> FileResult:
     if isinstance(item, sources.Skipped):
         return FileResult(item.label, "skipped", error=item.reason)
     if isinstance(item, sources.Refused):
         return FileResult(item.label, "skipped" if item.skipped else "refused", error=item.reason)
     try:
         if dry_run:
-            return _would_be(owner, item)
+            return _would_be(owner, item, planned if planned is not None else {"sha256": set(), "uid": set()})
         try:
             outcome = services.ingest_prepared(
                 owner=owner,
@@ -138,14 +154,19 @@ def _catalogue(owner, item, *, dry_run: bool) -> FileResult:
         _discard(item)
 
 
-def _would_be(owner, item: sources.Prepared) -> FileResult:
-    """The dry-run answer: what importing this file would do, nothing stored."""
+def _would_be(owner, item: sources.Prepared, planned: dict) -> FileResult:
+    """The dry-run answer: what importing this file would do, given the catalogue and the files
+    before it in this run (their hashes and UIDs are remembered: memory grows with the run)."""
     same = Instance.objects.filter(owner=owner, sha256=item.sha256).values_list("id", flat=True).first()
-    if same:
-        return FileResult(item.label, "duplicate", str(same), size=item.size)
-    other = Instance.objects.filter(owner=owner, sop_instance_uid=item.parsed.sop_instance_uid).values_list("id", flat=True).first()
-    if other:
-        return FileResult(item.label, "conflict", str(other), "same SOP Instance UID, different content", item.size)
+    if same or item.sha256 in planned["sha256"]:
+        return FileResult(item.label, "duplicate", str(same) if same else None, size=item.size)
+    uid = item.parsed.sop_instance_uid
+    other = Instance.objects.filter(owner=owner, sop_instance_uid=uid).values_list("id", flat=True).first()
+    if other or uid in planned["uid"]:
+        reason = "same SOP Instance UID, different content"
+        return FileResult(item.label, "conflict", str(other) if other else None, reason, item.size)
+    planned["sha256"].add(item.sha256)
+    planned["uid"].add(uid)
     return FileResult(item.label, "created", size=item.size)
 
 
@@ -172,10 +193,14 @@ def ingest_uploads(*, owner, uploads: list) -> list[FileResult]:
 
 def _ingest_zip(owner, upload, name: str) -> Iterator[FileResult]:
     members = list(sources.zip_members(upload.file, label=name, limits=zip_limits()))
-    with zipfile.ZipFile(upload.file) if any(isinstance(m, sources.Source) for m in members) else nullcontext() as archive:
+    has_members = any(isinstance(m, sources.Source) for m in members)
+    with zipfile.ZipFile(upload.file) if has_members else nullcontext() as archive:
         for item in members:
             if isinstance(item, sources.Skipped):
                 yield FileResult(item.label, "skipped", error=item.reason)
+                continue
+            if isinstance(item, sources.Refused):
+                yield FileResult(item.label, "refused", error=item.reason)
                 continue
             try:
                 with archive.open(item.member) as stream:

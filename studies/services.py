@@ -118,19 +118,25 @@ class _StoredCopyReader:
 
 def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, size: int, original_name: str, verify=None) -> IngestResult:
     instance_id = uuid.uuid4()
-    stored_name = default_storage.save(instance_file_key(Instance(id=instance_id)), content)
+    # A fresh UUID key: nothing else is stored under it, so removing it on failure is safe, including
+    # a file save() left half-written when reading the content failed (I/O error, Ctrl-C).
+    stored_name = instance_file_key(Instance(id=instance_id))
     committed = False
     try:
+        stored_name = default_storage.save(stored_name, content)
         if verify is not None and verify.hasher.hexdigest() != sha256:
             raise InvalidUpload("the file changed while it was being imported; nothing was stored")
         for _attempt in range(MAX_ATTEMPTS):
             try:
                 with transaction.atomic():
                     instance = _catalogue(owner, parsed, instance_id, stored_name, sha256=sha256, size=size, original_name=original_name)
-                committed = True
+                    # Set before COMMIT: an interrupt right after the commit must not delete a catalogued
+                    # file. If the commit itself fails, the file stays as an orphan that check_storage reports.
+                    committed = True
                 logger.info("instance created id=%s sha256=%s size=%d", instance.id, sha256, size)
                 return IngestResult(instance=instance, created=True)
             except IntegrityError:
+                committed = False
                 existing = _existing(owner, sha256, parsed.sop_instance_uid)
                 if existing is not None:
                     return existing

@@ -200,10 +200,11 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
         description=(
             "Repeat the multipart field `file` for each file; a part that is a zip archive is expanded member by "
             "member (never to disk as a tree). One result per file: created, duplicate, conflict (with the existing "
-            "`id`), refused (with the reason) or skipped (not DICOM, DICOMDIR, nested archive). Limits: "
-            "`DICOM_BULK_MAX_FILES` parts and `DICOM_BULK_MAX_BYTES` per request (413); zip archives are checked "
-            "before expansion against member count, total size and compression ratio (a zip bomb is skipped with "
-            "the reason), and members with absolute or '..' paths are refused."
+            "`id`), refused (with the reason: not DICOM, invalid, or an unsafe archive member) or skipped (a zip "
+            "member that is not an instance: README, DICOMDIR, nested archive). Limits: `DICOM_BULK_MAX_FILES` "
+            "parts and `DICOM_BULK_MAX_BYTES` per request (413); zip archives are checked before expansion against "
+            "member count, total size and compression ratio (a zip bomb is refused with the reason, never "
+            "expanded), and members with absolute or '..' paths are refused."
         ),
         request={"multipart/form-data": BulkUploadSerializer},
         responses={200: BulkUploadResultSerializer, **errors(400, 401, 413, 415)},
@@ -453,7 +454,7 @@ class TagLookupView(APIView):
         if queryset.count() > settings.DICOM_LOOKUP_MAX_INSTANCES:
             raise InvalidParameter(f"the lookup covers more than {settings.DICOM_LOOKUP_MAX_INSTANCES} instances; narrow it")
         rows = (
-            (inst, [tags.lookup_value(inst.header, steps) for steps in parsed]) for inst in queryset.iterator(chunk_size=200)
+            (inst, [_lookup_cell(inst.header, steps) for steps in parsed]) for inst in queryset.iterator(chunk_size=200)
         )
         if _wants_csv(request):
             response = StreamingHttpResponse(_csv_lines(expressions, rows), content_type="text/csv; charset=utf-8")
@@ -464,6 +465,15 @@ class TagLookupView(APIView):
             for inst, values in rows
         ]
         return Response({"tags": expressions, "results": results})
+
+
+def _lookup_cell(header, steps):
+    """The value, or None when absent or when the path does not fit this header (e.g. it enters an
+    element that is not a sequence here): decided per instance, so never an error mid-stream."""
+    try:
+        return tags.lookup_value(header, steps)
+    except tags.TagExpressionError:
+        return None
 
 
 def _wants_csv(request) -> bool:
@@ -492,10 +502,11 @@ def _csv_cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, (dict, list)):
+        text = "\\".join(str(v) for v in value)
+    elif isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
-    text = str(value)
+    else:
+        text = str(value)
     # A leading = + - @ would make a spreadsheet evaluate the cell (CSV injection): quote it as text.
     return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
 

@@ -1,9 +1,9 @@
 """Where bulk imports find their files: folder trees, zip archives and DICOMDIR media.
 
 `walk(paths)` yields one `Source` per candidate file (a file on disk or a zip member, read
-without extracting the archive) and one `Skipped` for everything that is not a DICOM file
-or must not be read (README.TXT, the DICOMDIR index itself, nested archives, unsafe or
-suspiciously compressed zip members). Zip archives are checked by `ZipLimits` before any
+without extracting the archive), one `Skipped` for everything that is not a DICOM instance
+(README.TXT, the DICOMDIR index itself, nested archives) and one `Refused` for what must not
+be read (an archive over its limits, unsafe paths, suspiciously compressed or encrypted members). Zip archives are checked by `ZipLimits` before any
 member is read, so a zip bomb is refused rather than expanded.
 
 Pure module: standard library and pydicom only, no Django.
@@ -74,7 +74,7 @@ class UnsafeArchive(ValueError):
     """The zip archive as a whole is refused (too many members, too large, unreadable)."""
 
 
-def walk(paths: Iterable[str | os.PathLike], *, zip_limits: ZipLimits = ZipLimits()) -> Iterator[Source | Skipped]:
+def walk(paths: Iterable[str | os.PathLike], *, zip_limits: ZipLimits = ZipLimits()) -> Iterator[Source | Skipped | Refused]:
     """Every candidate file under `paths` (files, folders walked recursively in name order, zips)."""
     for raw in paths:
         path = Path(raw)
@@ -157,11 +157,15 @@ def zip_members(archive: Path | BinaryIO, *, label: str, limits: ZipLimits) -> I
     try:
         infos = check_zip(archive, limits)
     except UnsafeArchive as exc:
-        yield Skipped(label, str(exc))
+        yield Refused(label, str(exc))
         return
     for info in infos:
         member_label = f"{label}/{info.filename}"
         reason = member_problem(info, limits)
+        if reason:  # hostile or unreadable: refused (counts for --strict)
+            yield Refused(member_label, reason)
+            continue
+        reason = member_not_an_instance(info)
         if reason:
             yield Skipped(member_label, reason)
             continue
@@ -198,10 +202,14 @@ def member_problem(info: zipfile.ZipInfo, limits: ZipLimits) -> str:
         return f"member expands to {info.file_size} bytes; the limit is {limits.max_member_bytes}"
     if info.file_size and info.file_size / max(info.compress_size, 1) > limits.max_ratio:
         return f"compression ratio {info.file_size / max(info.compress_size, 1):.0f}:1 exceeds {limits.max_ratio:.0f}:1 (zip bomb?)"
-    if PurePosixPath(name).name.upper() == "DICOMDIR":
+    return ""
+
+
+def member_not_an_instance(info: zipfile.ZipInfo) -> str:
+    """Why a (safe) zip member is skipped without reading it ("" if it may be an instance)."""
+    if PurePosixPath(info.filename).name.upper() == "DICOMDIR":
         return "DICOMDIR: the media index, not an image; the files it lists are imported themselves"
-    lowered = name.lower()
-    if lowered.endswith(".zip"):
+    if info.filename.lower().endswith(".zip"):
         return "nested archive (not expanded)"
     return ""
 
@@ -280,6 +288,12 @@ def prepare(source: Source, *, max_bytes: int, max_inflated_bytes: int, temp_dir
                         hasher.update(chunk)
                         handle.write(chunk)
         with open(path, "rb") as handle:
+            if source.path is None:  # files on disk were classified by walk(); zip members only now
+                reason = classify(handle.read(PREAMBLE_LENGTH + len(DICM)), PurePosixPath(source.member or "").name)
+                if reason:
+                    _remove(temporary)
+                    return Refused(source.label, reason, skipped=True)
+                handle.seek(0)
             parsed = parse_dicom(handle, max_inflated_bytes=max_inflated_bytes)
     except InvalidDicom as exc:
         _remove(temporary)

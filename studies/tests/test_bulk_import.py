@@ -349,7 +349,6 @@ def test_dry_run_predicts_duplicates_and_conflicts_against_the_catalogue(owner, 
     assert stored_files(media_root) == files_before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --dry-run checks each file against the catalogue only, not against the files before it in the same run")
 def test_dry_run_predicts_what_a_real_run_of_the_same_files_does(owner, other, tmp_path):
     data = dicom_bytes()
     write(tmp_path / "in" / "a.dcm", data)
@@ -422,7 +421,7 @@ def test_files_over_the_upload_limit_are_refused(owner, tmp_path, settings, medi
     write(tmp_path / "in" / "big.dcm", data)
     make_zip(tmp_path / "in" / "z.zip", {"big.dcm": data}, compression=zipfile.ZIP_STORED)
     run = run_import(tmp_path / "in", owner=owner, tmp_path=tmp_path)
-    assert [r["status"] for r in run.rows] == ["refused", "skipped"]
+    assert [r["status"] for r in run.rows] == ["refused", "refused"]
     assert "larger than the limit" in run.rows[0]["error"]
     assert "expands to" in run.rows[1]["error"]
     assert stored_files(media_root) == []
@@ -489,7 +488,7 @@ def zeros_zip(path: Path, name: str, size: int) -> Path:
     return path
 
 
-def test_zip_bomb_member_is_skipped_and_never_expanded(owner, tmp_path, media_root, upload_temp_dir):
+def test_zip_bomb_member_is_refused_and_never_expanded(owner, tmp_path, media_root, upload_temp_dir):
     folder = tmp_path / "in"
     folder.mkdir()
     good = dicom_bytes()
@@ -498,8 +497,8 @@ def test_zip_bomb_member_is_skipped_and_never_expanded(owner, tmp_path, media_ro
         archive.writestr("good.dcm", good)
     run = run_import(folder, owner=owner, tmp_path=tmp_path, workers=2)
 
-    assert run.status_of(f"{bomb}/bomb.dcm") == "skipped"
-    assert "zip bomb" in run.by_status("skipped")[0]["error"]
+    assert run.status_of(f"{bomb}/bomb.dcm") == "refused"
+    assert "zip bomb" in run.by_status("refused")[0]["error"]
     assert run.status_of(f"{bomb}/good.dcm") == "created"
     assert list(upload_temp_dir.iterdir()) == []
     assert len(stored_files(media_root)) == 1
@@ -530,13 +529,13 @@ def test_archive_with_too_many_members_is_refused_whole(owner, tmp_path, setting
 
 
 @pytest.mark.parametrize("name", ["../evil.dcm", "/abs.dcm", "C:\\x.dcm", "ok/../../evil.dcm"])
-def test_members_with_unsafe_paths_are_skipped_and_nothing_is_written_outside(owner, tmp_path, media_root, name):
+def test_members_with_unsafe_paths_are_refused_and_nothing_is_written_outside(owner, tmp_path, media_root, name):
     folder = tmp_path / "deep" / "in"
     folder.mkdir(parents=True)
     archive = make_zip(folder / "a.zip", {name: dicom_bytes()})
     listing = sorted(tmp_path.rglob("*"))
     run = run_import(archive, owner=owner, tmp_path=tmp_path)
-    assert run.rows[0]["status"] == "skipped"
+    assert run.rows[0]["status"] == "refused"
     assert run.rows[0]["error"] == "unsafe path in archive (absolute or '..')"
     assert sorted(p for p in tmp_path.rglob("*") if not p.name.startswith("report-")) == listing
     assert stored_files(media_root) == []
@@ -575,11 +574,6 @@ def test_member_with_a_bad_crc_is_refused(owner, tmp_path, media_root, upload_te
     assert stored_files(media_root) == [] and list(upload_temp_dir.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a non-DICOM zip member (README.TXT) is 'refused' by import_dicom (fatal with --strict) while "
-    "the same file on disk, and in a zip sent to the bulk API, is 'skipped'",
-)
 def test_non_dicom_zip_member_is_skipped_like_the_same_file_on_disk(owner, tmp_path):
     archive = make_zip(tmp_path / "cd.zip", {"README.TXT": b"exported by some PACS\n", "a.dcm": dicom_bytes()})
     write(tmp_path / "disk" / "README.TXT", b"exported by some PACS\n")
@@ -704,11 +698,6 @@ def test_stopping_an_import_midway_leaves_whole_records_and_no_temporary_copies(
     assert Series.objects.count() == 1 and Instance.objects.count() == 40
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bulk._prepared pops a future from `pending` before waiting on it, so a Ctrl-C during that "
-    "wait loses track of the worker's temporary copy of a zip member (patient data left in the temp dir)",
-)
 def test_ctrl_c_while_waiting_for_a_worker_leaves_no_temporary_copy(owner, tmp_path, media_root, upload_temp_dir):
     # A real SIGINT, sent to this process while the main thread waits for the first prepared
     # member: starting the spawn workers alone takes far longer than the 0.3 s timer.
@@ -726,11 +715,6 @@ def test_ctrl_c_while_waiting_for_a_worker_leaves_no_temporary_copy(owner, tmp_p
     assert list(upload_temp_dir.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services._store_and_catalogue cleans up only after storage.save() returned; a read error or "
-    "Ctrl-C during the copy leaves a partly written file with no row",
-)
 @pytest.mark.parametrize("fault", [OSError(5, "Input/output error"), KeyboardInterrupt()], ids=["read-error", "ctrl-c"])
 def test_failure_while_copying_into_storage_leaves_no_orphan_file(owner, tmp_path, media_root, monkeypatch, fault):
     # Fault injection (the one mock in this module): a source failing mid-read (a bad disk or CD)
@@ -871,5 +855,5 @@ def test_ctrl_c_midway_leaves_whole_records_and_no_orphan_or_temporary_files(ext
     rows = external_db.instance_files()
     assert 25 <= len(rows) < 150
     assert sorted(str(media_root / name) for name in rows) == sorted(map(str, stored_files(media_root)))
-    # Temporary copies of zip members can be left behind by a Ctrl-C here (a known bug, reproduced
-    # deterministically by test_ctrl_c_while_waiting_for_a_worker_leaves_no_temporary_copy).
+    # No temporary copy of a zip member (patient data) is left in the upload temp folder.
+    assert list(upload_temp_dir.iterdir()) == []

@@ -59,8 +59,9 @@ class Command(BaseCommand):
         writer = _ReportWriter(report) if report else None
         bar = _bar() if progress == "bar" else None
         interrupted = False
+        results = bulk.import_paths(owner=user, paths=paths, workers=workers, dry_run=dry_run)
         try:
-            for result in bulk.import_paths(owner=user, paths=paths, workers=workers, dry_run=dry_run):
+            for result in results:
                 counts[result.status] += 1
                 total_bytes += result.size if result.status in ("created", "duplicate") else 0
                 if writer:
@@ -77,6 +78,7 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            results.close()  # stops the workers and removes this run's temporary copies, now
             if bar is not None:
                 bar.close()
             if writer:
