@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from .dicom.parsing import PREAMBLE_LENGTH, InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
-from .errors import Conflict, InvalidUpload, UploadTooLarge
+from .errors import Conflict, InvalidUpload, ServiceError, UploadTooLarge
 from .models import Instance, Series, Study, instance_file_key
 from .uploads import StagedFile
 
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # Attempts at the catalogue transaction when it loses a race that is neither a duplicate nor a
 # conflict (e.g. the series it joined was deleted meanwhile); each retry re-reads the hierarchy.
 MAX_ATTEMPTS = 3
+CONFLICT_MESSAGE = "an instance with this SOP Instance UID but different content is already in your catalogue"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,151 @@ def ingest_prepared(*, owner, path, sha256: str, size: int, parsed: ParsedDicom,
         return _store_and_catalogue(
             owner, parsed, content, sha256=sha256, size=size, original_name=original_name, verify=reader
         )
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What happened to one file of a batch: created / duplicate / conflict / refused."""
+
+    status: str
+    id: str | None = None
+    error: str = ""
+
+
+def ingest_prepared_batch(*, owner, files: list) -> list[BatchOutcome]:
+    """Store and catalogue many checked files (each with path, sha256, size, parsed, original_name)
+    in one transaction: one lookup for duplicates and conflicts, one bulk insert.
+
+    The rules are those of a single upload, also between files of the same batch. Stored copies
+    are removed unless the transaction commits. If a concurrent writer gets in the way (a unique
+    constraint fires), the batch falls back to one file at a time, which settles each race.
+    """
+    outcomes: list[BatchOutcome | None] = [None] * len(files)
+    fresh = _classify_batch(owner, files, outcomes)
+    stored: dict[int, tuple[uuid.UUID, str]] = {}
+    committed = False
+    try:
+        for index in fresh:
+            item = files[index]
+            instance_id = uuid.uuid4()
+            with open(item.path, "rb") as handle:
+                reader = _StoredCopyReader(handle)
+                content = File(reader, name="upload.dcm")
+                content.size = item.size
+                # Recorded before save(): a copy that fails halfway is removed in the finally below.
+                stored[index] = (instance_id, instance_file_key(Instance(id=instance_id)))
+                stored[index] = (instance_id, default_storage.save(stored[index][1], content))
+            if reader.hasher.hexdigest() != item.sha256:
+                default_storage.delete(stored.pop(index)[1])
+                outcomes[index] = BatchOutcome("refused", error="the file changed while it was being imported; nothing was stored")
+        try:
+            with transaction.atomic():
+                rows = _catalogue_batch(owner, files, stored, outcomes)
+                Instance.objects.bulk_create(rows, batch_size=200)
+                committed = True  # before COMMIT, as in _store_and_catalogue
+        except IntegrityError:
+            committed = False
+            for _, name in stored.values():
+                default_storage.delete(name)
+            stored.clear()
+            for index in fresh:
+                if outcomes[index] is None or outcomes[index].status == "created":
+                    outcomes[index] = _one_at_a_time(owner, files[index])
+            return _settle(files, outcomes)
+        for row in rows:
+            logger.info("instance created id=%s sha256=%s size=%d", row.id, row.sha256, row.size)
+    finally:
+        if not committed:
+            for _, name in stored.values():
+                default_storage.delete(name)
+    return _settle(files, outcomes)
+
+
+def _classify_batch(owner, files: list, outcomes: list) -> list[int]:
+    """Fill in duplicates, conflicts and refusals known before storing; the indexes left to store."""
+    shas = {item.sha256 for item in files}
+    uids = {item.parsed.sop_instance_uid for item in files}
+    known_sha: dict[str, str] = {}
+    known_uid: dict[str, str] = {}
+    for pk, sha, uid in (
+        Instance.objects.filter(owner=owner)
+        .filter(Q(sha256__in=shas) | Q(sop_instance_uid__in=uids))
+        .values_list("id", "sha256", "sop_instance_uid")
+    ):
+        known_sha[sha] = str(pk)
+        known_uid[uid] = str(pk)
+    fresh, batch_sha, batch_uid = [], {}, {}
+    for index, item in enumerate(files):
+        uid = item.parsed.sop_instance_uid
+        if item.size > settings.DICOM_MAX_UPLOAD_BYTES:
+            outcomes[index] = BatchOutcome("refused", error=str(UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)))
+        elif item.sha256 in known_sha:
+            outcomes[index] = BatchOutcome("duplicate", known_sha[item.sha256])
+        elif uid in known_uid:
+            outcomes[index] = BatchOutcome("conflict", known_uid[uid], CONFLICT_MESSAGE)
+        elif item.sha256 in batch_sha:
+            outcomes[index] = BatchOutcome("duplicate-of", str(batch_sha[item.sha256]))  # settled after commit
+        elif uid in batch_uid:
+            outcomes[index] = BatchOutcome("conflict-with", str(batch_uid[uid]), CONFLICT_MESSAGE)
+        else:
+            batch_sha[item.sha256] = batch_uid[uid] = index
+            fresh.append(index)
+    return fresh
+
+
+def _catalogue_batch(owner, files: list, stored: dict, outcomes: list) -> list[Instance]:
+    hierarchy: dict[tuple[str, str], tuple[Study, Series]] = {}
+    rows = []
+    for index, (instance_id, name) in list(stored.items()):
+        item = files[index]
+        key = (item.parsed.study_instance_uid, item.parsed.series_instance_uid)
+        try:
+            if key not in hierarchy:
+                with transaction.atomic():  # a savepoint: a refused file leaves no new empty study behind
+                    hierarchy[key] = _study_and_series(owner, item.parsed)
+        except Conflict as exc:
+            outcomes[index] = BatchOutcome("conflict", exc.extra.get("series"), str(exc))
+            del stored[index]
+            default_storage.delete(name)  # no row will refer to this copy
+            continue
+        study, series = hierarchy[key]
+        rows.append(
+            _new_instance(
+                owner, item.parsed, instance_id, name, study, series,
+                sha256=item.sha256, size=item.size, original_name=item.original_name,
+            )
+        )
+        outcomes[index] = BatchOutcome("created", str(instance_id))
+    return rows
+
+
+def _settle(files: list, outcomes: list) -> list[BatchOutcome]:
+    """Resolve answers that pointed at another file of the batch, now that it has its outcome."""
+    settled = []
+    for outcome in outcomes:
+        if outcome.status in ("duplicate-of", "conflict-with"):
+            first = outcomes[int(outcome.id)]
+            if first.status != "created":
+                settled.append(first)  # the first copy was refused or conflicted: this one fares the same
+            elif outcome.status == "duplicate-of":
+                settled.append(BatchOutcome("duplicate", first.id))
+            else:
+                settled.append(BatchOutcome("conflict", first.id, CONFLICT_MESSAGE))
+        else:
+            settled.append(outcome)
+    return settled
+
+
+def _one_at_a_time(owner, item) -> BatchOutcome:
+    try:
+        result = ingest_prepared(
+            owner=owner, path=item.path, sha256=item.sha256, size=item.size, parsed=item.parsed, original_name=item.original_name
+        )
+    except Conflict as exc:
+        return BatchOutcome("conflict", exc.extra.get("id") or exc.extra.get("series"), str(exc))
+    except ServiceError as exc:
+        return BatchOutcome("refused", error=str(exc))
+    return BatchOutcome("created" if result.created else "duplicate", str(result.instance.pk))
 
 
 class _StoredCopyReader:
@@ -162,13 +308,21 @@ def _existing(owner, sha256: str, sop_instance_uid: str) -> IngestResult | None:
             return IngestResult(instance=match, created=False)
     if matches:
         raise Conflict(
-            "an instance with this SOP Instance UID but different content is already in your catalogue",
+            CONFLICT_MESSAGE,
             id=str(matches[0].id),
         )
     return None
 
 
 def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: str, *, sha256: str, size: int, original_name: str) -> Instance:
+    study, series = _study_and_series(owner, parsed)
+    instance = _new_instance(owner, parsed, instance_id, stored_name, study, series, sha256=sha256, size=size, original_name=original_name)
+    instance.save(force_insert=True)
+    return instance
+
+
+def _study_and_series(owner, parsed: ParsedDicom) -> tuple[Study, Series]:
+    """The owner's Study and Series for this file, created when new (inside the caller's transaction)."""
     study, _ = Study.objects.get_or_create(
         owner=owner,
         study_instance_uid=parsed.study_instance_uid,
@@ -202,7 +356,11 @@ def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: 
             reason="series_in_other_study",
             series=str(series.id),
         )
-    return Instance.objects.create(
+    return study, series
+
+
+def _new_instance(owner, parsed: ParsedDicom, instance_id, stored_name: str, study: Study, series: Series, *, sha256: str, size: int, original_name: str) -> Instance:
+    return Instance(
         id=instance_id,
         owner=owner,
         study=study,

@@ -248,6 +248,11 @@ class Prepared:
     size: int
     parsed: ParsedDicom
 
+    @property
+    def original_name(self) -> str:
+        """The file's own name (kept as data on the instance, never as a storage key)."""
+        return PurePosixPath(self.label.replace("\\", "/")).name
+
 
 @dataclass(frozen=True)
 class Refused:

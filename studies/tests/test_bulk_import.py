@@ -682,20 +682,24 @@ def test_a_changed_preamble_is_not_a_change_since_it_is_never_stored(owner, tmp_
 def test_stopping_an_import_midway_leaves_whole_records_and_no_temporary_copies(owner, tmp_path, media_root, upload_temp_dir):
     # A real Ctrl-C is the subprocess test below; here the consumer stops iterating (what the
     # command's KeyboardInterrupt handler does to the generator), deterministically mid-import.
-    files = series_files(40)
+    # Files are catalogued in batches of bulk.BATCH_SIZE: stopping after 10 results leaves the first
+    # batch committed (whole records) and nothing of the rest.
+    total = bulk.BATCH_SIZE * 2 + 10
+    files = series_files(total)
     archive = make_zip(tmp_path / "series.zip", {f"{n:03}.dcm": data for n, data in enumerate(files)})
     results = bulk.import_paths(owner=owner, paths=[str(archive)], workers=2)
     seen = [next(results) for _ in range(10)]
     results.close()
 
     assert [r.status for r in seen] == ["created"] * 10
-    assert Instance.objects.count() == 10
+    done = Instance.objects.count()
+    assert 10 <= done < total
     assert_catalogue_matches_storage(media_root)
     assert list(upload_temp_dir.iterdir()) == []  # members prepared ahead by the workers were removed
-    # The rest is imported by a re-run, the first ten reported as duplicates.
+    # The rest is imported by a re-run, the ones already there reported as duplicates.
     run = run_import(archive, owner=owner, tmp_path=tmp_path)
-    assert Counter(r["status"] for r in run.rows) == {"duplicate": 10, "created": 30}
-    assert Series.objects.count() == 1 and Instance.objects.count() == 40
+    assert Counter(r["status"] for r in run.rows) == {"duplicate": done, "created": total - done}
+    assert Series.objects.count() == 1 and Instance.objects.count() == total
 
 
 def test_ctrl_c_while_waiting_for_a_worker_leaves_no_temporary_copy(owner, tmp_path, media_root, upload_temp_dir):
@@ -857,3 +861,49 @@ def test_ctrl_c_midway_leaves_whole_records_and_no_orphan_or_temporary_files(ext
     assert sorted(str(media_root / name) for name in rows) == sorted(map(str, stored_files(media_root)))
     # No temporary copy of a zip member (patient data) is left in the upload temp folder.
     assert list(upload_temp_dir.iterdir()) == []
+
+
+# --- the batch path (import_dicom catalogues bulk.BATCH_SIZE files per transaction) --------------------
+
+
+def test_a_file_that_changed_in_a_batch_is_refused_and_the_others_stored(owner, tmp_path, media_root):
+    paths = [write(tmp_path / f"{n}.dcm", dicom_bytes()) for n in range(3)]
+    prepared = [prepared_file(p) for p in paths]
+    with open(paths[1], "ab") as handle:
+        handle.write(b"\0" * 1000)
+    outcomes = services.ingest_prepared_batch(owner=owner, files=prepared)
+    assert [o.status for o in outcomes] == ["created", "refused", "created"]
+    assert "changed" in outcomes[1].error
+    assert Instance.objects.count() == 2 and len(stored_files(media_root)) == 2
+
+
+def test_a_batch_settles_duplicates_and_conflicts_between_its_own_files(owner, tmp_path, media_root):
+    first = dicom_bytes()
+    changed = pydicom.dcmread(io.BytesIO(first))
+    changed.PatientName = "Other^Content"
+    other = io.BytesIO()
+    changed.save_as(other)
+    series_elsewhere = pydicom.dcmread(io.BytesIO(dicom_bytes()))
+    series_elsewhere.SeriesInstanceUID = pydicom.dcmread(io.BytesIO(first)).SeriesInstanceUID  # same series, other study
+    moved = io.BytesIO()
+    series_elsewhere.save_as(moved)
+    paths = [
+        write(tmp_path / "a.dcm", first),
+        write(tmp_path / "b.dcm", first),  # same bytes
+        write(tmp_path / "c.dcm", other.getvalue()),  # same SOP Instance UID, other bytes
+        write(tmp_path / "d.dcm", moved.getvalue()),  # its series already belongs to another study
+    ]
+    outcomes = services.ingest_prepared_batch(owner=owner, files=[prepared_file(p) for p in paths])
+    assert [o.status for o in outcomes] == ["created", "duplicate", "conflict", "conflict"]
+    assert outcomes[1].id == outcomes[2].id == outcomes[0].id
+    assert "different study" in outcomes[3].error
+    assert Instance.objects.count() == 1 and len(stored_files(media_root)) == 1
+    assert Study.objects.count() == 1  # the refused file's own study was not left behind empty
+
+
+def test_a_batch_answers_like_single_uploads_for_files_already_in_the_catalogue(owner, tmp_path, media_root):
+    data = dicom_bytes()
+    single = services.ingest_prepared_batch(owner=owner, files=[prepared_file(write(tmp_path / "a.dcm", data))])
+    again = services.ingest_prepared_batch(owner=owner, files=[prepared_file(write(tmp_path / "b.dcm", data))])
+    assert (single[0].status, again[0].status, again[0].id) == ("created", "duplicate", single[0].id)
+    assert len(stored_files(media_root)) == 1
