@@ -50,3 +50,10 @@ class InvalidParameter(ServiceError):
     """A query or body parameter is malformed or out of range."""
 
     code = "invalid_parameter"
+
+
+class StorageFailure(ServiceError):
+    """The file could not be written completely (disk full, storage failing); nothing was kept."""
+
+    status = 503
+    code = "storage_unavailable"

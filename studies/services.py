@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from .dicom.parsing import PREAMBLE_LENGTH, InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
-from .errors import Conflict, InvalidUpload, ServiceError, UploadTooLarge
+from .errors import Conflict, InvalidUpload, ServiceError, StorageFailure, UploadTooLarge
 from .models import Instance, Series, Study, instance_file_key
 from .uploads import StagedFile
 
@@ -270,6 +270,10 @@ def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, si
     committed = False
     try:
         stored_name = default_storage.save(stored_name, content)
+        # file_move_safe() ignores a short os.write() (a disk that fills up midway): check what was stored.
+        if default_storage.size(stored_name) != size:
+            logger.error("short write to storage key=%s expected=%d", stored_name, size)
+            raise StorageFailure("the file could not be stored completely (storage full or failing); nothing was kept")
         if verify is not None and verify.hasher.hexdigest() != sha256:
             raise InvalidUpload("the file changed while it was being imported; nothing was stored")
         for _attempt in range(MAX_ATTEMPTS):
@@ -350,6 +354,10 @@ def _study_and_series(owner, parsed: ParsedDicom) -> tuple[Study, Series]:
             "body_part_examined": parsed.body_part_examined,
         },
     )
+    # Hold the study and series until COMMIT (delete_instance locks them before deciding they are empty);
+    # if one was deleted meanwhile, the IntegrityError makes _store_and_catalogue try again.
+    if not (_lock(Study, study.pk, no_key=True) and _lock(Series, series.pk, no_key=True)):
+        raise IntegrityError("the study or series was deleted while this file was being catalogued")
     if series.study_id != study.id:
         raise Conflict(
             "this file's series is already in your catalogue under a different study",
@@ -397,10 +405,19 @@ def _unsigned(value: int | None, maximum: int = 2**31 - 1) -> int | None:
     return value if value is not None and 0 <= value <= maximum else None
 
 
+def _lock(model, pk, *, no_key: bool = False) -> bool:
+    """SELECT ... FOR [NO KEY] UPDATE of one row; False when it no longer exists."""
+    return bool(list(model.objects.select_for_update(no_key=no_key).filter(pk=pk).values_list("pk", flat=True)))
+
+
 def delete_instance(*, instance: Instance) -> None:
     """Delete an instance, then its series and study if they became empty; the file goes after commit."""
     stored_name = instance.file.name
     with transaction.atomic():
+        # Lock the study and series first (uploads joining them lock them too, in _catalogue): no upload
+        # can commit an instance into them between "is it empty?" and the delete below.
+        _lock(Study, instance.study_id)
+        _lock(Series, instance.series_id)
         Instance.objects.filter(pk=instance.pk).delete()
         if not Instance.objects.filter(series_id=instance.series_id).exists():
             Series.objects.filter(pk=instance.series_id).delete()

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.db import connection
+from django.utils.http import content_disposition_header
 from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -409,7 +410,7 @@ def _archive_response(instances, filename: str) -> StreamingHttpResponse:
         for inst in selectors.archive_members(instances).iterator(chunk_size=500)
     )
     response = StreamingHttpResponse(zipstream.stream_zip(members), content_type="application/zip")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Content-Disposition"] = content_disposition_header(True, filename)
     response["Cache-Control"] = "private, no-store"
     return response
 

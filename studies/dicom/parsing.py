@@ -191,7 +191,21 @@ def _read_header(fp: BinaryIO, *, max_inflated_bytes: int) -> Dataset:
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         _check_inflated_size(fp, max_inflated_bytes)
     fp.seek(0)
-    return pydicom.dcmread(fp, stop_before_pixels=True)
+    ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    if _cut_short(ds):
+        raise InvalidDicom("the file ends inside a value: it is truncated")
+    return ds
+
+
+def _cut_short(ds: Dataset) -> bool:
+    """A value shorter than its declared length (pydicom stops quietly at the end of the file)."""
+    for elem in ds.elements():
+        if isinstance(elem, pydicom.dataelem.RawDataElement):
+            if elem.length != 0xFFFFFFFF and isinstance(elem.value, bytes) and len(elem.value) < elem.length:
+                return True
+        elif elem.VR == "SQ" and any(_cut_short(item) for item in elem.value or []):
+            return True
+    return False
 
 
 def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
@@ -256,6 +270,8 @@ def _pixel_data_info(ds: Dataset, fp: BinaryIO, file_size: int, transfer_syntax:
             (length,), header_len = struct.unpack(endian + "L", head[8:12]), 12
         else:
             (length,), header_len = struct.unpack(endian + "H", head[6:8]), 8
+    if not (len(vr) == 2 and vr.isascii() and vr.isalpha() and vr.isupper()):
+        vr = _definite_vr(dictionary_VR(tag))  # junk VR bytes must not reach the header JSON
     encapsulated = length == 0xFFFFFFFF
     if encapsulated:
         length = max(0, file_size - start - header_len)
@@ -346,7 +362,7 @@ def _summarise(
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=_uid(ds, "SOPClassUID", required=False, label="SOP Class UID")
         or _uid(ds.file_meta, "MediaStorageSOPClassUID", required=False, label="SOP Class UID"),
-        transfer_syntax_uid=transfer_syntax[:UID_MAX_LENGTH],
+        transfer_syntax_uid=clean_text(transfer_syntax)[:UID_MAX_LENGTH],
         study_instance_uid=_uid(ds, "StudyInstanceUID", required=True, label="Study Instance UID"),
         series_instance_uid=_uid(ds, "SeriesInstanceUID", required=True, label="Series Instance UID"),
         modality=_text(ds, "Modality", 16),
@@ -380,10 +396,13 @@ def _summarise(
 # --- DICOM JSON (PS3.18 Annex F) -------------------------------------------------------
 
 
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+
+
 def clean_text(text: str) -> str:
-    """Make text safe for JSON and every database: no NUL, no lone surrogates."""
-    if "\x00" in text:
-        text = text.replace("\x00", "")
+    """Make text safe for JSON, HTML and every database: no NUL or other C0 control (TAB, LF and CR
+    stay), no DEL, no lone surrogates."""
+    text = text.translate(_CONTROLS)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -139,11 +139,19 @@ def render(
             arr = _decode_frame(fp, options.frame)
     except (MemoryError, RecursionError) as exc:
         raise RenderError(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
     # Codecs raise many types on unsupported or corrupt input (NotImplementedError, RuntimeError,
-    # ValueError, struct.error...); all of them mean the frame cannot be shown.
-    except Exception as exc:  # noqa: BLE001
+    # ValueError, struct.error...); Rust codecs (pylibjpeg-rle) panic with pyo3's PanicException,
+    # a BaseException. All of them mean the frame cannot be shown.
+    except BaseException as exc:  # noqa: BLE001
         raise RenderError(_decode_failure(ds, exc)) from exc
-    image = to_display(arr, ds, options)
+    try:
+        image = to_display(arr, ds, options)
+    except (RenderError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed LUT/rescale attributes (e.g. a text Rescale Slope)
+        raise RenderError(f"the image attributes cannot be applied ({type(exc).__name__})") from exc
     image = resize(image, options)
     return encode(image, options.image_format, quality=options.quality)
 
@@ -218,7 +226,7 @@ def check_frame(ds: Dataset, frame: int, max_frame_bytes: int) -> None:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         bits = int(ds.get("BitsAllocated", 8) or 8)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - incl. pydicom's BytesLengthException for odd-length US values
         raise RenderError("the image attributes (Rows, Columns, BitsAllocated...) are missing or invalid") from exc
     if rows <= 0 or columns <= 0:
         raise RenderError(f"the image has no pixels ({rows} x {columns})")

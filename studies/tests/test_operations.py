@@ -312,12 +312,6 @@ def test_check_storage_reports_a_sha256_mismatch(two_instances, media_root):
     assert error is None and "not checked sha256 mismatches" in output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: check_storage hashes with StoredBytesHasher, which counts the first 128 bytes as zeros, "
-    "so a stored file whose preamble was changed (e.g. an MZ/ELF polyglot written back) still 'matches' the row's "
-    "sha256 of the zeroed file",
-)
 def test_check_storage_reports_a_stored_preamble_that_is_no_longer_zero(two_instances, media_root):
     changed = two_instances[0]
     path = media_root / changed.file.name

@@ -119,12 +119,6 @@ def test_reupload_racing_delete_leaves_no_row_without_a_file_and_no_file_without
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: delete_instance decides a series is empty, then deletes it through the ORM collector, "
-    "whose cascade also deletes an instance another request committed into that series meanwhile: that upload "
-    "was answered 201, its row is gone and its file is left without a row",
-)
 def test_an_upload_into_a_series_whose_last_instance_is_being_deleted_survives(postgres, owner, media_root, staging):
     """A deterministic interleaving: the upload runs and commits in the moment between delete_instance's
     "is the series empty?" check and its delete of the series. The pause is a pre_delete receiver on
@@ -330,12 +324,6 @@ def tiny_disk(settings, tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: when the disk fills up midway, Django's file_move_safe() ignores the short os.write() "
-    "(no ENOSPC is raised for a partial write) and the service never checks what was stored: the upload is "
-    "answered 201 and catalogued with a truncated file whose sha256 does not match its row",
-)
 def test_a_disk_that_fills_up_midway_never_acknowledges_a_truncated_file(owner, staging, tiny_disk):
     media = tiny_disk(free=16 * 1024)
     data = dicom_bytes()  # ~39 KB into 16 KiB of free space

@@ -12,12 +12,12 @@ storage keys and instance ids only.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from ...dicom.parsing import StoredBytesHasher
 from ...models import Instance
 
 ROOT = "dicom"
@@ -37,7 +37,7 @@ def stored_keys(storage, folder: str = ROOT):
 
 
 def file_sha256(storage, key: str) -> str:
-    hasher = StoredBytesHasher()  # stored files have a zeroed preamble, so the digest matches the row's
+    hasher = hashlib.sha256()  # the row's sha256 is of the stored bytes, preamble included
     with storage.open(key, "rb") as handle:
         while chunk := handle.read(CHUNK):
             hasher.update(chunk)
