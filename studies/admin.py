@@ -270,13 +270,6 @@ def _first_image(**match):
     )
 
 
-def _count(model, **match):
-    """A correlated COUNT subquery: cheaper than JOIN + GROUP BY over large catalogues."""
-    return Subquery(
-        model.objects.filter(**match).order_by().values(next(iter(match))).annotate(n=Count("pk")).values("n")[:1]
-    )
-
-
 @admin.register(Study)
 class StudyAdmin(OwnerScopedAdmin):
     list_display = ["thumbnail", "patient_name", "patient_id", "study_date", "study_description", "accession_number", "series_count", "instance_count", "owner"]
@@ -290,8 +283,8 @@ class StudyAdmin(OwnerScopedAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             first_image=_first_image(study=OuterRef("pk")),
-            n_series=_count(Series, study=OuterRef("pk")),
-            n_instances=_count(Instance, study=OuterRef("pk")),
+            n_series=selectors.related_count(Series, study=OuterRef("pk")),
+            n_instances=selectors.related_count(Instance, study=OuterRef("pk")),
         )
 
     @admin.display(description="Image")
@@ -319,7 +312,7 @@ class SeriesAdmin(OwnerScopedAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             first_image=_first_image(series=OuterRef("pk")),
-            n_instances=_count(Instance, series=OuterRef("pk")),
+            n_instances=selectors.related_count(Instance, series=OuterRef("pk")),
         )
 
     @admin.display(description="Image")

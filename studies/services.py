@@ -270,12 +270,12 @@ def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, si
     committed = False
     try:
         stored_name = default_storage.save(stored_name, content)
+        if verify is not None and verify.hasher.hexdigest() != sha256:
+            raise InvalidUpload("the file changed while it was being imported; nothing was stored")
         # file_move_safe() ignores a short os.write() (a disk that fills up midway): check what was stored.
         if default_storage.size(stored_name) != size:
             logger.error("short write to storage key=%s expected=%d", stored_name, size)
             raise StorageFailure("the file could not be stored completely (storage full or failing); nothing was kept")
-        if verify is not None and verify.hasher.hexdigest() != sha256:
-            raise InvalidUpload("the file changed while it was being imported; nothing was stored")
         for _attempt in range(MAX_ATTEMPTS):
             try:
                 with transaction.atomic():

@@ -35,6 +35,31 @@ def media_root(settings, tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Users are created in most tests; the production hasher's cost would only slow the suite."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def upload_temp_dir(settings, tmp_path) -> Path:
+    """Staged uploads and zip members go here, so tests can see that none are left behind."""
+    temp = tmp_path / "upload-temp"
+    temp.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(temp)
+    return temp
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """A refusal in the API's one error shape, with this status and code."""
+    assert response.status_code == status, response.content[:500]
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["code"] == code
+    assert isinstance(body["error"], str) and body["error"]
+    return body
+
+
+@pytest.fixture(autouse=True)
 def empty_cache():
     """Rendered images are cached by content hash; each test starts with an empty cache."""
     from django.core.cache import cache

@@ -26,11 +26,6 @@ LIST_URLS = {
 UPLOAD_URL = reverse("admin:studies_instance_upload")
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def browser(user) -> Client:
     client = Client()
     client.force_login(user)

@@ -50,13 +50,6 @@ SCHEMA_PATHS = [
 ]
 
 
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """Users are created in nearly every test; the production hasher's cost only slows the suite."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 class Users:
     """The user of each role, created only when a test asks for it (anonymous is None)."""
 

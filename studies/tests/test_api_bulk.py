@@ -20,9 +20,10 @@ from pydicom.uid import generate_uid
 
 from studies.models import Instance
 
-from .conftest import CT_SMALL, client_for, dicom_bytes, stored_files, upload
+from .conftest import assert_error, client_for, CT_SMALL, dicom_bytes, stored_files, upload
 
-pytestmark = pytest.mark.django_db
+# Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]
 
 BULK = "/api/instances/bulk/"
 LOOKUP = "/api/tags/lookup/"
@@ -33,28 +34,6 @@ SKIP_DICOMDIR = "DICOMDIR: the media index, not an image; the files it lists are
 # a top-level part is "refused" (see the report accompanying these tests); never "created".
 NOT_IMPORTED = ("refused", "skipped")
 
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def upload_temp_dir(settings, tmp_path) -> Path:
-    """Staged uploads and zip members go here, so tests can see that none are left behind."""
-    temp = tmp_path / "upload-temp"
-    temp.mkdir()
-    settings.FILE_UPLOAD_TEMP_DIR = str(temp)
-    return temp
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content[:500]
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert body["code"] == code
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 def named(data: bytes, name: str) -> io.BytesIO:

@@ -27,17 +27,11 @@ from studies import imaging
 from studies.dicom import rendering
 from studies.models import Instance
 
-from .conftest import CT_SMALL, client_for, dicom_bytes, pydicom_data_dir, upload
+from .conftest import assert_error, client_for, CT_SMALL, dicom_bytes, pydicom_data_dir, upload
 
 CT_FRAME_BYTES = 128 * 128 * 2
 USES_REDIS = "redis" in django_settings.CACHES["default"]["BACKEND"].lower()
 USES_LOCMEM = "locmem" in django_settings.CACHES["default"]["BACKEND"].lower()
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """Users are created in nearly every test; the production hasher's cost only slows the suite."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -82,15 +76,6 @@ def ok_image(response, media_type: str = "image/png") -> Image.Image:
 
 def pixels(response) -> np.ndarray:
     return np.asarray(ok_image(response)).astype(np.int64)
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content[:500]
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert body["code"] == code
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 def ct_values() -> np.ndarray:

@@ -18,16 +18,9 @@ from pydicom.uid import generate_uid
 
 from studies.models import Instance
 
-from .conftest import drain, CT_SMALL, client_for, dicom_bytes, stored_files, upload
+from .conftest import assert_error, client_for, CT_SMALL, dicom_bytes, drain, stored_files, upload
 
 CT_PATIENT_NAME = "CompressedSamples^CT1"
-
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """Users are created in nearly every test; the production hasher's cost only slows the suite."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def put(client, data: bytes, name: str = "scan.dcm") -> dict:
@@ -46,15 +39,6 @@ def download(response) -> bytes:
     # Consume through the test client's wrapper; an explicit close() would re-send request_finished,
     # which closes the test transaction's connection on PostgreSQL.
     return b"".join(response.streaming_content)
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content[:500]
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert body["code"] == code
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 # --- instance metadata ----------------------------------------------------------------

@@ -23,11 +23,6 @@ SECRET_ID = "PHI-ID-55501"
 SECRET_FILENAME = "Patricia_Secretary_MRN55501.dcm"
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def events() -> list[AuditEvent]:
     return list(AuditEvent.objects.order_by("id"))
 

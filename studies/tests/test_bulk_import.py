@@ -41,9 +41,10 @@ from studies.dicom import sources
 from studies.errors import InvalidUpload
 from studies.models import Instance, Series, Study
 
-from .conftest import CT_SMALL, PYDICOM_TEST_FILES, dicom_bytes, pydicom_data_dir, stored_files
+from .conftest import CT_SMALL, dicom_bytes, pydicom_data_dir, PYDICOM_TEST_FILES, stored_files
 
-pytestmark = pytest.mark.django_db
+# Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]
 
 MANAGE_PY = Path(django_settings.BASE_DIR) / "manage.py"
 DICOMDIR = Path(get_testdata_file("DICOMDIR"))
@@ -56,19 +57,6 @@ SUMMARY = re.compile(
 SKIP_NOT_DICOM = "not a DICOM Part-10 file (no DICM prefix)"
 SKIP_DICOMDIR = "DICOMDIR: the media index, not an image; the files it lists are imported themselves"
 
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def upload_temp_dir(settings, tmp_path) -> Path:
-    """Temporary copies of zip members go here, so tests can see that none are left behind."""
-    temp = tmp_path / "upload-temp"
-    temp.mkdir()
-    settings.FILE_UPLOAD_TEMP_DIR = str(temp)
-    return temp
 
 
 @dataclass
