@@ -129,6 +129,7 @@ def render(
     options = replace(options or RenderOptions(), **overrides)
     ds = _read_attributes(fp)
     check_frame(ds, options.frame, max_frame_bytes)
+    check_native_length(ds, options.frame)
     fp.seek(0)
     try:
         if _is_deflated(ds):
@@ -171,6 +172,8 @@ def _read_attributes(fp: BinaryIO) -> Dataset:
         else:
             here = fp.tell()
             head = fp.read(4)
+            fp.seek(0, 2)
+            ds._bytes_after_header = fp.tell() - here  # an upper bound of the pixel data's length
             fp.seek(here)
             has_pixels = len(head) == 4 and (
                 int.from_bytes(head[:2], "little") == 0x7FE0 or int.from_bytes(head[:2], "big") == 0x7FE0
@@ -238,6 +241,26 @@ def check_frame(ds: Dataset, frame: int, max_frame_bytes: int) -> None:
     if frame_bytes > max_frame_bytes:
         raise RenderError(
             f"the frame is too large to render ({rows} x {columns} x {samples} samples, {frame_bytes} bytes; limit {max_frame_bytes})"
+        )
+
+
+def check_native_length(ds: Dataset, frame: int) -> None:
+    """Refuse a native (uncompressed) frame that the file is too short to hold, before pydicom
+    allocates the frame it claims (a 2 KB file claiming 8192 x 8192 would cost 128 MiB per request)."""
+    available = getattr(ds, "_bytes_after_header", None)
+    ts = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    if available is None or not ts.is_transfer_syntax or ts.is_compressed:
+        return
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    pixels_per_frame = rows * columns * samples
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        pixels_per_frame = pixels_per_frame * 2 // 3  # two chroma samples shared by each pair of pixels
+    needed = ((frame + 1) * pixels_per_frame * bits + 7) // 8  # 1-bit frames are packed across frames
+    if needed > available:
+        raise RenderError(
+            f"the pixel data is shorter than frame {frame + 1} needs ({available} bytes in the file, {needed} needed)"
         )
 
 

@@ -15,8 +15,11 @@ reaches the renderers and the tag parser, not only the 404 branch. Checks on eve
 - response_schema_conformance: JSON bodies validate against the documented schema.
 
 Bounded for `make test`: few examples per operation, derandomized (a fixed seed derived from each
-operation), no example database, no shrinking deadline. DELETE /api/instances/{id}/ is excluded: it
-would remove the fixture instances in the middle of a run; its behaviour is covered by test_api_reads.
+operation), no example database, no deadline, coverage phase off. DELETE /api/instances/{id}/ is excluded:
+it would remove the fixture instances in the middle of a run (its behaviour is covered by other tests).
+
+Known schema mismatches found by this run are pinned by strict xfail tests at the end (PAGE_BUG, DATE_BUG);
+in the fuzz run itself those exact responses are held only to "no 5xx", so the rest still gets checked.
 
 `transaction=True`: schemathesis drives the app through plain WSGI, so Django's request_started/finished
 signals run close_old_connections(), which closes a connection found inside the test's atomic block
@@ -38,6 +41,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.failures import FailureGroup
 
 from dicomsite.wsgi import application
 
@@ -75,8 +79,12 @@ REAL_EXPRESSIONS = ["PatientName", "(0010,0010)", "00100010", "0008,0060", "Imag
 
 LIST_ROUTES = ["/api/instances/", "/api/series/", "/api/studies/"]
 PAGE_BUG = (
-    "BUG: a list page past the last one answers 404 {'code': 'not_found', 'error': 'Invalid page.'} "
-    "but the schema documents only 200 and 401 for the list operations"
+    "BUG: a list page past the last one answers 404 {'code': 'not_found', 'error': 'Invalid page.'}, "
+    "but the schema documents only 200 and 401 for the list operations (schemathesis ST103)"
+)
+DATE_BUG = (
+    "BUG: GET /api/instances/?study_date_from=/study_date_to=<not a date> answers 400 {'code': 'invalid_parameter'}, "
+    "but the schema documents only 200 and 401 for instances_list (schemathesis ST103)"
 )
 
 
@@ -92,10 +100,21 @@ def use_real_objects(case, catalogue: dict) -> None:
         digest = hashlib.sha256(str(params["expr"]).encode()).digest()
         if digest[0] % 4:
             params["expr"] = REAL_EXPRESSIONS[digest[1] % len(REAL_EXPRESSIONS)]
-    if case.path in LIST_ROUTES and isinstance(case.query, dict) and "page" in case.query:
-        # Out-of-range pages are the known bug PAGE_BUG (pinned by test_page_past_the_end_is_documented below);
-        # keep page 1 so that the fuzzer goes on exercising the filters, search and page_size.
-        case.query["page"] = 1
+
+
+def known_bug(case, response) -> str | None:
+    """The known schema mismatches (pinned by the xfail tests below), so the fuzz run can look past them."""
+    if case.path not in LIST_ROUTES or response.status_code not in (400, 404):
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if response.status_code == 404 and body.get("error") == "Invalid page.":
+        return PAGE_BUG
+    if case.path == "/api/instances/" and response.status_code == 400 and body.get("code") == "invalid_parameter":
+        return DATE_BUG
+    return None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -103,15 +122,30 @@ def use_real_objects(case, catalogue: dict) -> None:
 @settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), max_examples=MAX_EXAMPLES)
 def test_api_conforms_to_its_schema(case, catalogue):
     use_real_objects(case, catalogue)
-    case.call_and_validate(headers={"Authorization": f"Token {catalogue['token']}"}, checks=CHECKS)
+    headers = {"Authorization": f"Token {catalogue['token']}"}
+    response = case.call(headers=headers)
+    # A known bug only relaxes the checks to "no 5xx" for that one response; everything else is checked in full.
+    checks = [not_a_server_error] if known_bug(case, response) else CHECKS
+    case.validate_response(response, checks=checks, headers=headers)
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(strict=True, reason=PAGE_BUG)
+@pytest.mark.xfail(strict=True, raises=FailureGroup, reason=PAGE_BUG)
 @pytest.mark.parametrize("path", LIST_ROUTES)
 def test_page_past_the_end_is_documented(path, catalogue):
-    """Found by the fuzz run above (schemathesis ST103 'Undocumented status code'); minimal repro."""
+    """Found by the fuzz run (ST103 Undocumented status code: Received 404, Documented 200, 401)."""
     case = schema[path]["GET"].Case(query={"page": 999})
     response = case.call(headers={"Authorization": f"Token {catalogue['token']}"})
-    assert response.status_code == 404  # the behaviour itself is fine (DRF's PageNumberPagination)...
-    case.validate_response(response, checks=CHECKS)  # ...but 404 is not in the schema: ST103 fails here
+    assert response.status_code == 404  # the behaviour is fine (DRF's PageNumberPagination)...
+    case.validate_response(response, checks=CHECKS)  # ...but 404 is not in the schema
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.xfail(strict=True, raises=FailureGroup, reason=DATE_BUG)
+@pytest.mark.parametrize("param", ["study_date_from", "study_date_to"])
+def test_invalid_date_filter_is_documented(param, catalogue):
+    """Found by the fuzz run (ST103 Undocumented status code: Received 400, Documented 200, 401)."""
+    case = schema["/api/instances/"]["GET"].Case(query={param: "not-a-date"})
+    response = case.call(headers={"Authorization": f"Token {catalogue['token']}"})
+    assert response.status_code == 400  # a clear JSON error: fine...
+    case.validate_response(response, checks=CHECKS)  # ...but 400 is not in the schema
