@@ -120,7 +120,11 @@ class InstanceFilterParams:
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your instances", parameters=InstanceFilterParams.parameters, responses={200: InstanceSerializer, **errors(401)}),
+    list=extend_schema(
+        summary="List your instances",
+        parameters=InstanceFilterParams.parameters,
+        responses={200: InstanceSerializer, **errors(400, 401, 404, e404="No such page.")},
+    ),
     retrieve=extend_schema(summary="Instance metadata", responses={200: InstanceSerializer, **errors(401, 404)}),
     destroy=extend_schema(summary="Delete an instance and its stored file", responses={204: None, **errors(401, 404)}),
 )
@@ -359,7 +363,7 @@ ARCHIVE_RESPONSES = {
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401)}),
+    list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A study with its series", responses={200: StudyDetailSerializer, **errors(401, 404)}),
 )
 class StudyViewSet(viewsets.ReadOnlyModelViewSet):
@@ -381,7 +385,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your series", responses={200: SeriesSerializer, **errors(401)}),
+    list=extend_schema(summary="List your series", responses={200: SeriesSerializer, **errors(401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A series with its instances", responses={200: SeriesDetailSerializer, **errors(401, 404)}),
 )
 class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
