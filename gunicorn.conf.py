@@ -2,7 +2,7 @@
 
 Rendering is CPU-bound (numpy, codecs release the GIL only in part): one process per core,
 a few threads each for I/O-bound requests (uploads, downloads, tag reads). Environment:
-GUNICORN_BIND, GUNICORN_WORKERS, GUNICORN_THREADS, GUNICORN_TIMEOUT.
+GUNICORN_BIND, GUNICORN_WORKERS, GUNICORN_THREADS, GUNICORN_TIMEOUT, GUNICORN_MAX_REQUESTS.
 """
 
 import multiprocessing
@@ -17,8 +17,8 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", 300))
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then so that fragmentation after large renders cannot grow without bound.
-max_requests = 2000
-max_requests_jitter = 200
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 2000))  # 0: never
+max_requests_jitter = 200 if max_requests else 0
 # The access log shows the path without the query string: ?search= and ?patient_id= carry patient data.
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms req=%({x-request-id}o)s'

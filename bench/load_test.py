@@ -124,6 +124,8 @@ def main() -> int:
     ap.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
     ap.add_argument("--throttle", default="1000000/min", help="DICOM_THROTTLE_UPLOAD and _RENDER for the run")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--redis", help="REDIS_URL for the render cache (shared by the workers instead of in each one)")
+    ap.add_argument("--max-requests", type=int, help="GUNICORN_MAX_REQUESTS (0: never recycle workers)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = ap.parse_args()
 
@@ -154,6 +156,10 @@ def main() -> int:
             "GUNICORN_WORKERS": str(args.workers),
             "PYTHONUNBUFFERED": "1",
         })  # fmt: skip
+        if args.redis:
+            env["REDIS_URL"] = args.redis
+        if args.max_requests is not None:
+            env["GUNICORN_MAX_REQUESTS"] = str(args.max_requests)
         log(f"database {pg.name}; migrating")
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
         script = (

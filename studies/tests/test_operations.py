@@ -386,3 +386,29 @@ def test_check_storage_exits_with_status_1_from_the_command_line(two_instances, 
         ManagementUtility(["manage.py", "check_storage"]).execute()
     assert exited.value.code == 1
     assert "1 problem(s) left" in capsys.readouterr().err
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/instances/?study=a%00b",
+        "/api/instances/?search=%00",
+        "/api/instances/?patient_id=x%00",
+        "/api/studies/?page=1&x%00=1",
+    ],
+)
+def test_a_nul_in_a_query_parameter_is_400_not_a_database_error(api, url):
+    # Found by the schema fuzz on PostgreSQL, which refuses NUL in any string comparison (it was a 500).
+    response = api.get(url)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_parameter"
+
+
+@pytest.mark.django_db
+def test_a_nul_in_an_admin_search_is_400(make_user):
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(make_user("nurse", staff=True))
+    assert browser.get("/admin/studies/instance/?q=x%00y").status_code == 400
