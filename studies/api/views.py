@@ -555,8 +555,13 @@ def _check_database() -> None:
 def _check_storage() -> None:
     default_storage.exists("dicom")  # a round trip to the storage backend (filesystem or object store)
     location = getattr(default_storage, "location", None)
-    if location is not None and not os.access(location, os.W_OK):
-        raise OSError("the media folder is not writable")
+    if location is not None:
+        # The folder is created by the first save: until then, the nearest existing ancestor must take it.
+        existing = os.path.abspath(location)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
+            raise OSError("the media folder is not writable")
 
 
 def _check_cache() -> None:

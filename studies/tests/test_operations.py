@@ -412,3 +412,11 @@ def test_a_nul_in_an_admin_search_is_400(make_user):
     browser = Client()
     browser.force_login(make_user("nurse", staff=True))
     assert browser.get("/admin/studies/instance/?q=x%00y").status_code == 400
+
+
+@pytest.mark.django_db
+def test_readyz_is_ready_before_the_media_folder_exists(client, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "not-yet" / "media"  # created by the first upload
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.json()
+    assert response.json()["storage"] == "ok"
