@@ -65,8 +65,12 @@ def rows(name: str, data: dict) -> list[dict]:
             out.append({"bench": name, "row": label, "service": stats["p50_ms"], "orthanc": None, "ratio": None, "unit": "ms"})
         out.append({"bench": name, "row": "load 5xx responses", "service": data.get("count_5xx"), "orthanc": None, "ratio": None, "unit": ""})
     elif name == "memory":
-        for row in data.get("table", []):
-            out.append({"bench": name, "row": row.get("row", "?"), "service": row.get("value", row.get("service")), "orthanc": None, "ratio": row.get("ratio"), "unit": row.get("unit", "MiB")})
+        size_mib = (data.get("file") or {}).get("bytes", 0) / 2**20 or 0.0
+        for phase in data.get("phases", []):
+            peak = phase["max_peak_kib_over_workers"] / 1024
+            ratio = round(peak / size_mib, 3) if size_mib else None
+            label = f"worker peak RSS, {phase['phase']} (ratio: to the {size_mib:.0f} MiB file)"
+            out.append({"bench": name, "row": label, "service": round(peak, 1), "orthanc": None, "ratio": ratio, "unit": "MiB"})
     return out
 
 
