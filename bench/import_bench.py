@@ -61,7 +61,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import csv
-import io
 import json
 import os
 import pstats
@@ -83,7 +82,6 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import render_bench as rb  # noqa: E402  (helpers: workload, processes, Postgres, Orthanc, machine info)
-from pydicom.uid import generate_uid  # noqa: E402
 
 ROOT = rb.ROOT
 VENV_PYTHON = rb.VENV_PYTHON

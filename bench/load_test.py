@@ -72,6 +72,25 @@ def fresh_ct(template: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
+def migrate_and_serve(env: dict, tmp: Path, port: int, workers: int, *, username: str):
+    """Migrate the database in `env`, create a user with a token, start gunicorn (gunicorn.conf.py) and
+    wait until it answers: (process, token)."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
+    script = (
+        "from django.contrib.auth import get_user_model; from rest_framework.authtoken.models import Token; "
+        f"u = get_user_model().objects.create_user({username!r}, password='{secrets.token_urlsafe(16)}'); "
+        "print('TOKEN=' + Token.objects.create(user=u).key)"
+    )
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    token = next(line[6:] for line in out.splitlines() if line.startswith("TOKEN="))
+    cmd = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "dicomsite.wsgi"]
+    log(f"starting {' '.join(cmd)} on port {port}, {workers} workers")
+    proc = start_process("gunicorn", cmd, tmp / "gunicorn.log", env=env, cwd=ROOT)
+    wait_http(proc, port, "/healthz")
+    return proc, token
+
+
 def children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
@@ -161,19 +180,7 @@ def main() -> int:
         if args.max_requests is not None:
             env["GUNICORN_MAX_REQUESTS"] = str(args.max_requests)
         log(f"database {pg.name}; migrating")
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
-        script = (
-            "from django.contrib.auth import get_user_model; from rest_framework.authtoken.models import Token; "
-            f"u = get_user_model().objects.create_user('load', password='{secrets.token_urlsafe(16)}'); "
-            "print('TOKEN=' + Token.objects.create(user=u).key)"
-        )
-        out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True,
-                             capture_output=True, text=True, timeout=120).stdout  # fmt: skip
-        token = next(line[6:] for line in out.splitlines() if line.startswith("TOKEN="))
-        cmd = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "dicomsite.wsgi"]
-        log(f"starting {' '.join(cmd)} on port {port}, {args.workers} workers")
-        proc = start_process("gunicorn", cmd, tmp / "gunicorn.log", env=env, cwd=ROOT)
-        wait_http(proc, port, "/healthz")
+        proc, token = migrate_and_serve(env, tmp, port, args.workers, username="load")
         headers = {"Authorization": f"Token {token}"}
 
         template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))

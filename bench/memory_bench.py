@@ -46,7 +46,6 @@ import resource
 import secrets
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -59,7 +58,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import children_of  # noqa: E402
+from load_test import children_of, migrate_and_serve  # noqa: E402
 from render_bench import (  # noqa: E402
     HttpClient,
     Postgres,
@@ -67,12 +66,9 @@ from render_bench import (  # noqa: E402
     log,
     machine_info,
     make_ct_template,
-    start_process,
-    wait_http,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
 ROWS = COLS = 512
 FRAME_BYTES = ROWS * COLS * 2
@@ -356,7 +352,6 @@ def main() -> int:
     notes: list[str] = []
     failures: list[str] = []
     phases: list[dict] = []
-    requests_log: list[dict] = []
     log_tail = ""
     try:
         # ---- 1. the file
@@ -397,19 +392,7 @@ def main() -> int:
             env["DICOM_MAX_UPLOAD_BYTES"] = str(file_size + MIB)
             notes.append(f"DICOM_MAX_UPLOAD_BYTES raised to {file_size + MIB} for this file size")
         log(f"database {pg.name}; migrating")
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
-        script = (
-            "from django.contrib.auth import get_user_model; from rest_framework.authtoken.models import Token; "
-            f"u = get_user_model().objects.create_user('membench', password='{secrets.token_urlsafe(16)}'); "
-            "print('TOKEN=' + Token.objects.create(user=u).key)"
-        )
-        out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True,
-                             capture_output=True, text=True, timeout=120).stdout  # fmt: skip
-        token = next(line[6:] for line in out.splitlines() if line.startswith("TOKEN="))
-        cmd = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "dicomsite.wsgi"]
-        log(f"starting {' '.join(cmd)} on port {port}, {args.workers} workers")
-        proc = start_process("gunicorn", cmd, tmp / "gunicorn.log", env=env, cwd=ROOT)
-        wait_http(proc, port, "/healthz")
+        proc, token = migrate_and_serve(env, tmp, port, args.workers, username="membench")
         deadline = time.monotonic() + 30
         while len(children_of(proc.popen.pid)) < args.workers and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -512,7 +495,7 @@ def main() -> int:
     print(f"memory bench: {frames} frames {ROWS}x{COLS} uint16, file {file_size / MIB:.1f} MiB; gunicorn -c gunicorn.conf.py, "
           f"{args.workers} gthread workers; PostgreSQL; nproc={os.cpu_count()}; RSS sampled every {args.interval * 1000:.0f} ms"
           f"{' + VmHWM reset per phase' if hwm_exact else ' (VmHWM not resettable: peaks are sampled maxima)'}")  # fmt: skip
-    print(f"baseline RSS per worker (MiB, warm): " + ", ".join(f"{p}: {k / 1024:.1f}" for p, k in base_by_pid.items()))
+    print("baseline RSS per worker (MiB, warm): " + ", ".join(f"{p}: {k / 1024:.1f}" for p, k in base_by_pid.items()))
     print()
     hdr = f"{'phase':<24} {'HTTP':>4} {'secs':>7} {'pid':>8} {'base MiB':>8} {'peak MiB':>8} {'+MiB':>8} {'anon MiB':>8} {'file MiB':>8} {'peak/file':>9} {'+/file':>7} {'read MiB':>9} {'wrote MiB':>9}"
     print(hdr)

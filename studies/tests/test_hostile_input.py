@@ -734,7 +734,7 @@ def test_control_characters_in_header_values_are_valid_json(api, media_root):
     for path in ("", "tags/"):
         reply = api.get(f"/api/instances/{response.json()['id']}/{path}")
         text = reply.content.decode("utf-8")
-        parsed = json.loads(text)  # strict: a raw control character inside a string would fail here
+        json.loads(text)  # strict: a raw control character inside a string would fail here
         assert not re.search(r"[\x00-\x1f]", text)
     # The printable text survives exactly (the control characters may be kept, escaped, or dropped).
     visible = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -12,7 +12,6 @@ import io
 import shutil
 import subprocess
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
