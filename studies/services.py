@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -79,10 +80,7 @@ def ingest_prepared(*, owner, path, sha256: str, size: int, parsed: ParsedDicom,
     existing = _existing(owner, sha256, parsed.sop_instance_uid)
     if existing is not None:
         return existing
-    with open(path, "rb") as handle:
-        reader = _StoredCopyReader(handle)
-        content = File(reader, name="upload.dcm")
-        content.size = size
+    with _source_copy(path, size) as (content, reader):
         return _store_and_catalogue(
             owner, parsed, content, sha256=sha256, size=size, original_name=original_name, verify=reader
         )
@@ -113,16 +111,12 @@ def ingest_prepared_batch(*, owner, files: list) -> list[BatchOutcome]:
         for index in fresh:
             item = files[index]
             instance_id = uuid.uuid4()
-            with open(item.path, "rb") as handle:
-                reader = _StoredCopyReader(handle)
-                content = File(reader, name="upload.dcm")
-                content.size = item.size
-                # Recorded before save(): a copy that fails halfway is removed in the finally below.
-                stored[index] = (instance_id, instance_file_key(Instance(id=instance_id)))
-                stored[index] = (instance_id, default_storage.save(stored[index][1], content))
-            if reader.hasher.hexdigest() != item.sha256:
-                default_storage.delete(stored.pop(index)[1])
-                outcomes[index] = BatchOutcome("refused", error="the file changed while it was being imported; nothing was stored")
+            try:
+                with _source_copy(item.path, item.size) as (content, reader):
+                    key = instance_file_key(Instance(id=instance_id))
+                    stored[index] = (instance_id, _save_checked(key, content, size=item.size, sha256=item.sha256, reader=reader))
+            except ServiceError as exc:
+                outcomes[index] = BatchOutcome("refused", error=str(exc))
         try:
             with transaction.atomic():
                 rows = _catalogue_batch(owner, files, stored, outcomes)
@@ -262,20 +256,42 @@ class _StoredCopyReader:
         self._handle.close()
 
 
-def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, size: int, original_name: str, verify=None) -> IngestResult:
-    instance_id = uuid.uuid4()
-    # A fresh UUID key: nothing else is stored under it, so removing it on failure is safe, including
-    # a file save() left half-written when reading the content failed (I/O error, Ctrl-C).
-    stored_name = instance_file_key(Instance(id=instance_id))
-    committed = False
+@contextmanager
+def _source_copy(path, size: int):
+    """(content, reader) for storing a checked file: read with a zeroed preamble, hashed as it is read."""
+    with open(path, "rb") as handle:
+        reader = _StoredCopyReader(handle)
+        content = File(reader, name="upload.dcm")
+        content.size = size
+        yield content, reader
+
+
+def _save_checked(key: str, content, *, size: int, sha256: str, reader=None) -> str:
+    """Save `content` under a fresh key and check what was stored; on any failure nothing is left there.
+
+    The key holds a new UUID, so removing it is safe, including a file save() left half-written
+    when reading the content failed (I/O error, Ctrl-C).
+    """
     try:
-        stored_name = default_storage.save(stored_name, content)
-        if verify is not None and verify.hasher.hexdigest() != sha256:
+        name = default_storage.save(key, content)
+        if reader is not None and reader.hasher.hexdigest() != sha256:
             raise InvalidUpload("the file changed while it was being imported; nothing was stored")
         # file_move_safe() ignores a short os.write() (a disk that fills up midway): check what was stored.
-        if default_storage.size(stored_name) != size:
-            logger.error("short write to storage key=%s expected=%d", stored_name, size)
+        if default_storage.size(name) != size:
+            logger.error("short write to storage key=%s expected=%d", name, size)
             raise StorageFailure("the file could not be stored completely (storage full or failing); nothing was kept")
+        return name
+    except BaseException:
+        default_storage.delete(key)
+        raise
+
+
+def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, size: int, original_name: str, verify=None) -> IngestResult:
+    instance_id = uuid.uuid4()
+    key = instance_file_key(Instance(id=instance_id))
+    stored_name = _save_checked(key, content, size=size, sha256=sha256, reader=verify)
+    committed = False
+    try:
         for _attempt in range(MAX_ATTEMPTS):
             try:
                 with transaction.atomic():
