@@ -110,10 +110,12 @@ def record(request, status: int) -> None:
 
 def describe(request) -> tuple[str, str, str]:
     """(action, object type, object id) from the URL that was asked for."""
-    try:
-        match = resolve(request.path_info)
-    except Resolver404:
-        return "unknown-route", "", ""
+    match = getattr(request, "resolver_match", None)  # set by Django's URL resolution for this request
+    if match is None:
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return "unknown-route", "", ""
     name = match.url_name or "unknown"
     if request.path.startswith("/admin/"):
         action = "admin-" + name.removeprefix("studies_").replace("_", "-")
