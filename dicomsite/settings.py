@@ -97,6 +97,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "corsheaders",
     "studies",
 ]
 
@@ -105,6 +106,8 @@ MIDDLEWARE = [
     "studies.middleware.RejectNulInQueryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before CommonMiddleware: answers CORS preflights for /dicomweb/ (and only there).
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -209,6 +212,17 @@ DICOM_LOOKUP_MAX_INSTANCES = env_int("DICOM_LOOKUP_MAX_INSTANCES", 10_000, minim
 DICOM_LOOKUP_MAX_TAGS = env_int("DICOM_LOOKUP_MAX_TAGS", 100, minimum=1)
 # Django refuses multipart requests with more file parts than this before any view runs.
 DATA_UPLOAD_MAX_NUMBER_FILES = DICOM_BULK_MAX_FILES
+# DICOMweb: QIDO-RS page size when the client gives no limit, and the largest instance that WADO-RS
+# converts to Explicit VR Little Endian (decompressed) when the client does not accept the stored encoding.
+DICOMWEB_DEFAULT_LIMIT = env_int("DICOMWEB_DEFAULT_LIMIT", 100, minimum=1)
+DICOMWEB_MAX_CONVERT_BYTES = env_int("DICOMWEB_MAX_CONVERT_BYTES", 256 * 1024**2, minimum=1)
+# Browser viewers (OHIF) on other origins: CORS headers on /dicomweb/ only, for these origins ("*": any).
+DICOMWEB_CORS_ORIGINS = env_list("DICOMWEB_CORS_ORIGINS", [])
+CORS_URLS_REGEX = r"^/dicomweb/.*$"
+CORS_ALLOW_ALL_ORIGINS = DICOMWEB_CORS_ORIGINS == ["*"]
+CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else DICOMWEB_CORS_ORIGINS
+CORS_EXPOSE_HEADERS = ["Content-Location", "Content-Length", "ETag", "Warning", "X-Request-ID"]
+CORS_PREFLIGHT_MAX_AGE = 3600
 DICOM_MAX_INFLATED_BYTES = env_int("DICOM_MAX_INFLATED_BYTES", 512 * 1024**2, minimum=1)
 
 # --- API -----------------------------------------------------------------------------

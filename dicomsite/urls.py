@@ -20,4 +20,5 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api-auth/", include("rest_framework.urls")),
     path("api/", include("studies.api.urls")),
+    path("dicomweb/", include("studies.dicomweb.urls")),
 ]

@@ -121,6 +121,10 @@ def describe(request) -> tuple[str, str, str]:
         action = "admin-" + name.removeprefix("studies_").replace("_", "-")
         object_id = str(match.kwargs.get("object_id", ""))
         model = name.removeprefix("studies_").split("_")[0]
+    elif request.path.startswith("/dicomweb/"):  # objects are named by their deepest DICOM UID
+        action = name
+        model = next((level for level in ("instance", "series", "study") if match.kwargs.get(level)), "")
+        object_id = str(match.kwargs.get(model, "")) if model else ""
     else:
         action = name
         object_id = str(match.kwargs.get("pk", "") or match.kwargs.get("study", "") or "")

@@ -22,9 +22,13 @@ def can_modify(user, obj) -> bool:
 
 
 def _scope(queryset: QuerySet, user) -> QuerySet:
+    """Only the user's own rows, or every owner's for view_all; nothing for anonymous users."""
     if not (user and user.is_authenticated):
         return queryset.none()
     return queryset if can_view_all(user) else queryset.filter(owner=user)
+
+
+scoped = _scope
 
 
 def instances_for(user) -> QuerySet[Instance]:

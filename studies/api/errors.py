@@ -15,11 +15,14 @@ from rest_framework.views import set_rollback
 from ..dicom.parsing import InvalidDicom
 from ..dicom.rendering import FrameOutOfRange, InvalidRenderParameter, NoPixelData, RenderError
 from ..dicom.tags import ElementNotFound, TagExpressionError
+from ..dicom.web import NotAcceptable, QueryError
 from ..errors import ServiceError
 
 # Errors of the pure DICOM core, mapped to (status, code).
 DICOM_ERRORS: list[tuple[type[Exception], int, str]] = [
     (InvalidDicom, 400, "invalid_dicom"),
+    (QueryError, 400, "invalid_parameter"),
+    (NotAcceptable, 406, "not_acceptable"),
     (TagExpressionError, 400, "invalid_tag_expression"),
     (ElementNotFound, 404, "element_not_found"),
     (NoPixelData, 404, "no_pixel_data"),

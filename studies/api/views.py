@@ -303,7 +303,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
     @action(detail=True, methods=["get"], url_path="image", content_negotiation_class=BinaryNegotiation)
     def image(self, request, pk=None):
         options = rendering.options_from_params(request.query_params, accept=request.META.get("HTTP_ACCEPT", ""))
-        return _image_response(request, self.get_object(), options)
+        return image_response(request, self.get_object(), options)
 
     @extend_schema(
         summary="Thumbnail (default 256 px, JPEG)",
@@ -325,7 +325,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
             default_format="jpeg",
             default_size=settings.DICOM_THUMBNAIL_SIZE,
         )
-        return _image_response(request, self.get_object(), options)
+        return image_response(request, self.get_object(), options)
 
 
 def _date_param(params, name: str):
@@ -338,7 +338,7 @@ def _date_param(params, name: str):
         raise InvalidParameter(f"{name} must be a date as YYYY-MM-DD, not '{raw[:20]}'") from None
 
 
-def _image_response(request, instance, options: rendering.RenderOptions) -> HttpResponse:
+def image_response(request, instance, options: rendering.RenderOptions) -> HttpResponse:
     tag = imaging.etag(instance, options)
     headers = {"ETag": tag, "Cache-Control": "private, max-age=86400", "Vary": "Accept, Authorization, Cookie"}
     matches = _etags(request.META.get("HTTP_IF_NONE_MATCH", ""))

@@ -1,0 +1,599 @@
+"""DICOMweb (PS3.18) request and response formats, with no Django in sight.
+
+- QIDO-RS: the attributes the catalogue can match on, query parameters → `Query`, and DICOM
+  JSON elements for the answers;
+- WADO-RS: Accept headers (`multipart/related; type=...; transfer-syntax=...`), multipart
+  bodies written part by part, BulkDataURIs in stored headers, rendered-resource parameters
+  (PS3.18 Table 8.3.5-1) → `RenderOptions`;
+- STOW-RS: the response data set (ReferencedSOPSequence / FailedSOPSequence).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.uid import UID
+
+from . import rendering
+
+
+class QueryError(ValueError):
+    """A QIDO-RS or WADO-RS request parameter is malformed; `str()` says which and why."""
+
+
+class NotAcceptable(ValueError):
+    """None of the media types (or transfer syntaxes) the client accepts can be served."""
+
+
+# --- QIDO-RS: what can be matched and returned -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute the catalogue holds in a column: its tag, keyword, VR, level and column."""
+
+    tag: str  # 8 upper-case hex digits
+    keyword: str
+    vr: str
+    level: str  # "study", "series" or "instance"
+    column: str | None  # the model field on that level's table (None: computed)
+
+
+LEVELS = ("study", "series", "instance")
+_A = Attribute
+ATTRIBUTES: tuple[Attribute, ...] = (
+    _A("00080020", "StudyDate", "DA", "study", "study_date"),
+    _A("00080030", "StudyTime", "TM", "study", "study_time"),
+    _A("00080050", "AccessionNumber", "SH", "study", "accession_number"),
+    _A("00080061", "ModalitiesInStudy", "CS", "study", None),
+    _A("00080090", "ReferringPhysicianName", "PN", "study", "referring_physician_name"),
+    _A("00081030", "StudyDescription", "LO", "study", "study_description"),
+    _A("00100010", "PatientName", "PN", "study", "patient_name"),
+    _A("00100020", "PatientID", "LO", "study", "patient_id"),
+    _A("00100030", "PatientBirthDate", "DA", "study", "patient_birth_date"),
+    _A("00100040", "PatientSex", "CS", "study", "patient_sex"),
+    _A("0020000D", "StudyInstanceUID", "UI", "study", "study_instance_uid"),
+    _A("00200010", "StudyID", "SH", "study", "study_id"),
+    _A("00201206", "NumberOfStudyRelatedSeries", "IS", "study", None),
+    _A("00201208", "NumberOfStudyRelatedInstances", "IS", "study", None),
+    _A("00080060", "Modality", "CS", "series", "modality"),
+    _A("0008103E", "SeriesDescription", "LO", "series", "series_description"),
+    _A("00180015", "BodyPartExamined", "CS", "series", "body_part_examined"),
+    _A("0020000E", "SeriesInstanceUID", "UI", "series", "series_instance_uid"),
+    _A("00200011", "SeriesNumber", "IS", "series", "series_number"),
+    _A("00201209", "NumberOfSeriesRelatedInstances", "IS", "series", None),
+    _A("00080016", "SOPClassUID", "UI", "instance", "sop_class_uid"),
+    _A("00080018", "SOPInstanceUID", "UI", "instance", "sop_instance_uid"),
+    _A("00083002", "AvailableTransferSyntaxUID", "UI", "instance", "transfer_syntax_uid"),
+    _A("00200013", "InstanceNumber", "IS", "instance", "instance_number"),
+    _A("00280002", "SamplesPerPixel", "US", "instance", "samples_per_pixel"),
+    _A("00280004", "PhotometricInterpretation", "CS", "instance", "photometric_interpretation"),
+    _A("00280008", "NumberOfFrames", "IS", "instance", "number_of_frames"),
+    _A("00280010", "Rows", "US", "instance", "rows"),
+    _A("00280011", "Columns", "US", "instance", "columns"),
+    _A("00280100", "BitsAllocated", "US", "instance", "bits_allocated"),
+)
+BY_TAG = {a.tag: a for a in ATTRIBUTES}
+# Matching on these is not offered (counts are computed; the set of modalities is matched through series).
+NOT_MATCHABLE = {"00201206", "00201208", "00201209", "00083002"}
+# Returned for every result of a level (PS3.18 Table 10.6.3-3/-4/-5), besides InstanceAvailability and RetrieveURL.
+DEFAULT_RETURN = {
+    "study": [a.tag for a in ATTRIBUTES if a.level == "study"],
+    "series": [a.tag for a in ATTRIBUTES if a.level == "series"],
+    "instance": [a.tag for a in ATTRIBUTES if a.level == "instance"],
+}
+SPECIFIC_CHARACTER_SET = "00080005"
+INSTANCE_AVAILABILITY = "00080056"
+RETRIEVE_URL = "00081190"
+QUERY_CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "orderby"}
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Match:
+    """One matching key: the attribute, how to match (`kind`) and the parsed value."""
+
+    attribute: Attribute
+    kind: str  # "universal", "exact", "wildcard", "uids", "range", "modalities"
+    value: Any = None
+
+
+@dataclass
+class Query:
+    """A parsed QIDO-RS request."""
+
+    level: str
+    matches: list[Match] = field(default_factory=list)
+    include: set[str] = field(default_factory=set)  # extra tags to return (from headers or columns)
+    include_all: bool = False
+    limit: int = 100
+    offset: int = 0
+    fuzzy: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def tag_of(key: str) -> str:
+    """A QIDO key (8 hex digits, or a keyword) → 8 upper-case hex digits; QueryError if neither."""
+    key = key.strip()
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+        return key.upper()
+    tag = tag_for_keyword(key)
+    if tag is None:
+        raise QueryError(f"'{key[:64]}' is neither a tag (8 hex digits) nor a DICOM keyword")
+    return f"{tag:08X}"
+
+
+def parse_query(level: str, params: Iterable[tuple[str, str]], *, default_limit: int = 100) -> Query:
+    """QIDO-RS query parameters (as (name, value) pairs, repeats kept) → Query."""
+    query = Query(level=level, limit=default_limit)
+    levels = LEVELS[: LEVELS.index(level) + 1]
+    for name, value in params:
+        if name in QUERY_CONTROL:
+            _control(query, name, value)
+            continue
+        tag = tag_of(name)
+        attribute = BY_TAG.get(tag)
+        if attribute is None or attribute.level not in levels or tag in NOT_MATCHABLE:
+            # PS3.18 8.3.4.1: unsupported matching keys are ignored, with a Warning; they are still returned.
+            query.include.add(tag)
+            query.warnings.append(f"matching on {name[:64]} is not supported; it was ignored")
+            continue
+        query.matches.append(parse_match(attribute, value))
+    return query
+
+
+def _control(query: Query, name: str, value: str) -> None:
+    if name in ("limit", "offset"):
+        if not (value.isascii() and value.isdigit()) or len(value) > 9:
+            raise QueryError(f"{name} must be a whole number, not '{value[:20]}'")
+        number = int(value)
+        if name == "limit":
+            if number == 0:
+                raise QueryError("limit must be at least 1")
+            if number > MAX_LIMIT:
+                query.warnings.append(f"limit was reduced to {MAX_LIMIT}")
+            query.limit = min(number, MAX_LIMIT)
+        else:
+            query.offset = number
+    elif name == "fuzzymatching":
+        if value.lower() not in ("true", "false"):
+            raise QueryError(f"fuzzymatching must be true or false, not '{value[:20]}'")
+        query.fuzzy = value.lower() == "true"
+    elif name == "orderby":
+        query.warnings.append("orderby is not supported; results are newest first")
+    else:  # includefield
+        for key in re.split(r"[,\\]", value):
+            key = key.strip()
+            if not key:
+                continue
+            if key.lower() == "all":
+                query.include_all = True
+            else:
+                query.include.add(_include_path(key))
+
+
+def _include_path(key: str) -> str:
+    """includefield names a tag or keyword, or a sequence path `00081115.0020000E`: its first tag is returned."""
+    return tag_of(key.split(".", 1)[0])
+
+
+def parse_match(attribute: Attribute, raw: str) -> Match:
+    """One matching value, by the attribute's VR (PS3.4 C.2.2.2)."""
+    value = raw.strip()
+    if value in ("", "*"):
+        return Match(attribute, "universal")
+    if attribute.keyword == "ModalitiesInStudy":
+        return Match(attribute, "modalities", [v.strip() for v in re.split(r"[,\\]", value) if v.strip()])
+    if attribute.vr == "UI":
+        uids = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
+        for uid in uids:
+            if not re.fullmatch(r"[0-9.]{1,64}", uid):
+                raise QueryError(f"{attribute.keyword} must be UIDs (digits and dots), not '{uid[:64]}'")
+        return Match(attribute, "uids", uids)
+    if attribute.vr == "DA":
+        return Match(attribute, "range", _range(value, _date, attribute.keyword))
+    if attribute.vr == "TM":
+        return Match(attribute, "range", _range(value, _time, attribute.keyword))
+    if attribute.vr in ("IS", "US"):
+        if not re.fullmatch(r"[+-]?\d{1,9}", value):
+            raise QueryError(f"{attribute.keyword} must be a whole number, not '{value[:20]}'")
+        return Match(attribute, "exact", int(value))
+    if "*" in value or "?" in value:
+        return Match(attribute, "wildcard", value)
+    return Match(attribute, "exact", value)
+
+
+def _range(value: str, convert, keyword: str) -> tuple[Any, Any]:
+    if "-" not in value:
+        point = convert(value, keyword)
+        return point, point
+    low, _, high = value.partition("-")
+    low_value = convert(low, keyword) if low.strip() else None
+    high_value = convert(high, keyword) if high.strip() else None
+    if low_value is None and high_value is None:
+        raise QueryError(f"{keyword} range '{value[:40]}' has neither bound")
+    if low_value is not None and high_value is not None and low_value > high_value:
+        raise QueryError(f"{keyword} range '{value[:40]}' ends before it starts")
+    return low_value, high_value
+
+
+def _date(text: str, keyword: str) -> dt.date:
+    text = text.strip().replace("-", "")
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        raise QueryError(f"{keyword} must be a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD, not '{text[:20]}'") from None
+
+
+def _time(text: str, keyword: str) -> str:
+    """A TM value normalised to HHMMSS (missing parts as zeros) for comparison with stored times."""
+    text = text.strip().replace(":", "")
+    if not re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", text):
+        raise QueryError(f"{keyword} must be a time HHMMSS or a range HHMMSS-HHMMSS, not '{text[:20]}'")
+    return text.split(".")[0].ljust(6, "0")
+
+
+def wildcard_regex(pattern: str) -> str:
+    """A DICOM wildcard pattern (`*` any run, `?` one character) → an anchored regular expression."""
+    return "^" + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern) + "$"
+
+
+# --- DICOM JSON elements ---------------------------------------------------------------------
+
+
+def element(vr: str, value: Any) -> dict[str, Any]:
+    """One DICOM JSON element; an empty or missing value is an element without "Value"."""
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    values = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": str(v)} for v in values]}
+    if vr == "DA" and isinstance(values[0], dt.date):
+        return {"vr": vr, "Value": [v.strftime("%Y%m%d") for v in values]}
+    return {"vr": vr, "Value": values}
+
+
+def vr_of(tag: str) -> str:
+    try:
+        vr = dictionary_VR(int(tag, 16))
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0]
+
+
+# --- Accept headers and transfer syntaxes ----------------------------------------------------
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+# Media types of compressed frames by transfer syntax (PS3.18 Table 8.7.3-2 / -3).
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+@dataclass(frozen=True)
+class Acceptable:
+    """One acceptable media type: `multipart/related; type=<media_type>; transfer-syntax=<ts>` or single part."""
+
+    media_type: str
+    transfer_syntax: str | None  # None: not given; "*": any
+    multipart: bool
+
+
+def parse_accept(header: str, *, default: str) -> list[Acceptable]:
+    """An Accept header → acceptable types in the client's order (q=0 entries dropped)."""
+    found: list[Acceptable] = []
+    for part in _split_outside_quotes(header or "", ","):
+        pieces = _split_outside_quotes(part, ";")
+        media = pieces[0].strip().lower()
+        if not media:
+            continue
+        params: dict[str, str] = {}
+        for piece in pieces[1:]:
+            name, _, value = piece.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"')
+        if rendering._is_q_zero(f"q={params.get('q', '1')}"):
+            continue
+        if media == "multipart/related":
+            found.append(Acceptable(params.get("type", default).lower(), params.get("transfer-syntax"), True))
+        else:
+            found.append(Acceptable(media, params.get("transfer-syntax"), False))
+    return found or [Acceptable(default, None, True)]
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts, current, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def matches_type(accepted: str, offered: str) -> bool:
+    if accepted in ("*/*", "*", offered):
+        return True
+    return accepted.endswith("/*") and offered.startswith(accepted[:-1])
+
+
+def instance_transfer_syntax(accepts: list[Acceptable], stored: str, *, can_transcode: bool) -> str:
+    """The transfer syntax to send an instance in (`application/dicom`), or NotAcceptable.
+
+    `*` keeps the stored encoding; no transfer-syntax parameter means Explicit VR Little Endian
+    (PS3.18 8.7.3.5.2); the only conversion offered is to Explicit VR Little Endian.
+    """
+    for accept in accepts:
+        if not matches_type(accept.media_type, "application/dicom"):
+            continue
+        wanted = accept.transfer_syntax or EXPLICIT_LE
+        if wanted == "*" or wanted == stored:
+            return stored
+        if wanted == EXPLICIT_LE and can_transcode:
+            return EXPLICIT_LE
+    raise NotAcceptable(
+        f"this instance is stored as {stored}; accept it with transfer-syntax=* or transfer-syntax={stored}"
+        + ("" if not can_transcode else f" (or {EXPLICIT_LE})")
+    )
+
+
+@dataclass(frozen=True)
+class FrameEncoding:
+    """How to send frames: keep the stored bytes (`keep`) or decode to native little-endian bytes."""
+
+    keep: bool
+    media_type: str
+    transfer_syntax: str
+
+
+def frame_encoding(accepts: list[Acceptable], stored: str) -> FrameEncoding:
+    """The encoding of /frames parts for an Accept header (PS3.18 8.7.3.5.2, Table 8.7.3-2/-3)."""
+    compressed = UID(stored).is_compressed if UID(stored).is_transfer_syntax else False
+    stored_media = FRAME_MEDIA_TYPES.get(stored, "application/octet-stream") if compressed else "application/octet-stream"
+    native_le = stored in (EXPLICIT_LE, IMPLICIT_LE)
+    for accept in accepts:
+        ts = accept.transfer_syntax
+        if ts == "*" or (matches_type(accept.media_type, stored_media) and ts in (stored, None) and compressed):
+            return FrameEncoding(True, stored_media, stored)
+        if matches_type(accept.media_type, "application/octet-stream") and ts in (None, EXPLICIT_LE):
+            return FrameEncoding(native_le, "application/octet-stream", EXPLICIT_LE)
+    raise NotAcceptable(
+        "frames are sent as application/octet-stream (uncompressed, Explicit VR Little Endian) "
+        f"or, with transfer-syntax=*, as stored ({stored_media}; {stored})"
+    )
+
+
+# --- multipart/related bodies ----------------------------------------------------------------
+
+
+def new_boundary() -> str:
+    return uuid.uuid4().hex
+
+
+def multipart_type(media_type: str, boundary: str, transfer_syntax: str | None = None) -> str:
+    value = f'multipart/related; type="{media_type}"; boundary={boundary}'
+    return value + (f"; transfer-syntax={transfer_syntax}" if transfer_syntax else "")
+
+
+def multipart_chunks(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
+    """Write parts (headers, chunks of content) as a multipart body, one chunk at a time."""
+    delimiter = f"--{boundary}\r\n".encode()
+    for headers, chunks in parts:
+        yield delimiter + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
+        yield from chunks
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+# --- metadata: stored headers with BulkDataURIs ----------------------------------------------
+
+
+def with_bulkdata_uris(header: Mapping[str, Any], base_url: str, *, pixel_data: bool) -> dict[str, Any]:
+    """A stored header for WADO-RS metadata: file meta dropped, `BulkData` summaries → `BulkDataURI`s.
+
+    Nested values are named by their path: `<tag>/<item>/<tag>` under `<base_url>/bulkdata/`.
+    With `pixel_data`, Pixel Data is listed too (its URI serves the frames).
+    """
+    out = _bulk_uris(header, f"{base_url}/bulkdata", "")
+    if pixel_data:
+        out["7FE00010"] = {"vr": "OB", "BulkDataURI": f"{base_url}/bulkdata/7FE00010"}
+    return out
+
+
+def _bulk_uris(header: Mapping[str, Any], base: str, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag, elem in header.items():
+        if not prefix and tag.startswith("0002"):
+            continue
+        if not isinstance(elem, dict):
+            continue
+        if "BulkData" in elem:
+            if elem.get("vr") == "SQ":  # a sequence too deep to store: not served
+                out[tag] = {"vr": "SQ"}
+            else:
+                out[tag] = {"vr": elem.get("vr", "UN"), "BulkDataURI": f"{base}/{prefix}{tag}"}
+        elif elem.get("vr") == "SQ" and isinstance(elem.get("Value"), list):
+            items = [
+                _bulk_uris(item, base, f"{prefix}{tag}/{i}/") if isinstance(item, dict) else item
+                for i, item in enumerate(elem["Value"])
+            ]
+            out[tag] = {"vr": "SQ", "Value": items}
+        else:
+            out[tag] = elem
+    return out
+
+
+def parse_bulkdata_path(path: str) -> list[int | str]:
+    """`00282000` or `00540016/0/00181072` → [tag, index, tag, ...]; QueryError if malformed."""
+    pieces = path.strip("/").split("/")
+    if len(pieces) % 2 != 1 or len(pieces) > 2 * 8 + 1:
+        raise QueryError("a bulk data path is <tag>[/<item>/<tag>...]")
+    out: list[int | str] = []
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            if not re.fullmatch(r"[0-9A-Fa-f]{8}", piece):
+                raise QueryError(f"'{piece[:20]}' is not a tag of 8 hex digits")
+            out.append(piece.upper())
+        else:
+            if not (piece.isascii() and piece.isdigit()) or len(piece) > 6:
+                raise QueryError(f"'{piece[:20]}' is not an item number")
+            out.append(int(piece))
+    return out
+
+
+# --- frame lists and rendered parameters -----------------------------------------------------
+
+MAX_FRAMES_PER_REQUEST = 10_000
+
+
+def parse_frame_list(raw: str) -> list[int]:
+    """`1,3,5` → [1, 3, 5] (1-based, as in the URL); QueryError if malformed."""
+    numbers = []
+    for piece in raw.split(","):
+        piece = piece.strip()
+        if not (piece.isascii() and piece.isdigit()) or len(piece) > 9 or int(piece) < 1:
+            raise QueryError(f"frame numbers are whole numbers from 1, separated by commas, not '{raw[:40]}'")
+        numbers.append(int(piece))
+    if len(numbers) > MAX_FRAMES_PER_REQUEST:
+        raise QueryError(f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
+    return numbers
+
+
+RENDERED_MEDIA_TYPES = {media: name for name, (_, media) in rendering.FORMATS.items()}
+
+
+def rendered_options(
+    params: Mapping[str, str], accept_header: str, *, frame: int = 1, thumbnail_size: int | None = None
+) -> rendering.RenderOptions:
+    """PS3.18 Table 8.3.5-1 query parameters → RenderOptions.
+
+    `window=center,width[,linear|linear-exact|sigmoid]`, `viewport=vw,vh` (fit in that box; the
+    cropping form vw,vh,sx,sy,sw,sh is refused), `quality=1..100`, `accept=<media type>` (overrides
+    the Accept header), `annotation` refused (nothing is burnt in), `iccprofile=no` only.
+    Default media type: image/jpeg (PS3.18 8.3.5.1.2).
+    """
+    if params.get("annotation"):
+        raise QueryError("annotation is not supported: rendered images carry no burnt-in text")
+    if (params.get("iccprofile") or "no").lower() not in ("no", ""):
+        raise QueryError("iccprofile is not supported (only iccprofile=no)")
+    accept = params.get("accept") or accept_header
+    image_format = _rendered_format(accept)
+    width = height = size = None
+    viewport = params.get("viewport")
+    if viewport:
+        pieces = [p.strip() for p in viewport.split(",")]
+        if len(pieces) == 6:
+            raise QueryError("viewport cropping (vw,vh,sx,sy,sw,sh) is not supported; give viewport=vw,vh")
+        if len(pieces) != 2:
+            raise QueryError(f"viewport must be 'vw,vh', not '{viewport[:40]}'")
+        for piece in pieces:
+            if piece and not (piece.isascii() and piece.isdigit() and 1 <= int(piece) <= rendering.MAX_OUTPUT_SIDE):
+                raise QueryError(f"viewport sizes must be whole numbers from 1 to {rendering.MAX_OUTPUT_SIDE}")
+        width = int(pieces[0]) if pieces[0] else None
+        height = int(pieces[1]) if pieces[1] else None
+    elif thumbnail_size:
+        size = thumbnail_size
+    quality = params.get("quality") or "90"
+    if not (quality.isascii() and quality.isdigit() and 1 <= int(quality) <= 100):
+        raise QueryError(f"quality must be a whole number from 1 to 100, not '{quality[:20]}'")
+    try:
+        window = rendering.parse_window(params["window"]) if params.get("window") else None
+    except rendering.InvalidRenderParameter as exc:
+        raise QueryError(str(exc)) from None
+    return rendering.RenderOptions(
+        frame=frame - 1, window=window, size=size, width=width, height=height,
+        image_format=image_format, quality=int(quality),
+    )
+
+
+def _rendered_format(accept: str) -> str:
+    offered = list(RENDERED_MEDIA_TYPES)
+    for part in _split_outside_quotes(accept or "", ","):
+        media, *parameters = [p.strip().lower() for p in part.split(";")]
+        if not media or any(rendering._is_q_zero(p) for p in parameters):
+            continue
+        for candidate in ["image/jpeg", *offered]:
+            if matches_type(media, candidate):
+                return RENDERED_MEDIA_TYPES[candidate]
+    if accept and accept.strip():
+        raise NotAcceptable(f"rendered images are {', '.join(offered)}")
+    return "jpeg"
+
+
+# --- STOW-RS response ------------------------------------------------------------------------
+
+# Failure reasons (PS3.18 Table 10.5.3-2, PS3.4 Annex B.2.3).
+FAILURE_PROCESSING = 0x0110
+FAILURE_DUPLICATE_UID = 0x0111  # a different instance with this SOP Instance UID is already stored
+FAILURE_OUT_OF_RESOURCES = 0xA700
+FAILURE_DOES_NOT_MATCH = 0xA900  # e.g. not in the study the URL names
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """One stored (or not) part: UIDs when known, the instance URL when stored, else a failure reason."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    retrieve_url: str | None = None
+    failure: int | None = None
+    message: str = ""
+
+
+def stow_response(outcomes: list[StoreOutcome], study_url: str | None) -> dict[str, Any]:
+    """The STOW-RS response data set (PS3.18 Table 10.5.3-1) as DICOM JSON."""
+    body: dict[str, Any] = {}
+    if study_url:
+        body[RETRIEVE_URL] = {"vr": "UR", "Value": [study_url]}
+    failed = [o for o in outcomes if o.failure is not None]
+    stored = [o for o in outcomes if o.failure is None]
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [
+            {
+                "00081150": element("UI", o.sop_class_uid or None),
+                "00081155": element("UI", o.sop_instance_uid or None),
+                "00081197": {"vr": "US", "Value": [o.failure]},
+                "00000902": element("LO", o.message[:64] or None),  # Error Comment
+            }
+            for o in failed
+        ]}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [
+            {
+                "00081150": element("UI", o.sop_class_uid or None),
+                "00081155": element("UI", o.sop_instance_uid),
+                "00081190": element("UR", o.retrieve_url),
+            }
+            for o in stored
+        ]}
+    return body
+
+
+def stow_status(outcomes: list[StoreOutcome]) -> int:
+    """200 all stored, 202 some stored, 409 none stored (PS3.18 10.5.3)."""
+    stored = sum(1 for o in outcomes if o.failure is None)
+    if stored == len(outcomes):
+        return 200
+    return 202 if stored else 409
