@@ -214,6 +214,9 @@ DICOM_LOOKUP_MAX_TAGS = env_int("DICOM_LOOKUP_MAX_TAGS", 100, minimum=1)
 DATA_UPLOAD_MAX_NUMBER_FILES = DICOM_BULK_MAX_FILES
 # DICOMweb: QIDO-RS page size when the client gives no limit, and the largest instance that WADO-RS
 # converts to Explicit VR Little Endian (decompressed) when the client does not accept the stored encoding.
+# The public root of DICOMweb as clients reach it (e.g. https://pacs.example.org/dicomweb), used in
+# RetrieveURLs and BulkDataURIs; empty: built from each request's Host.
+DICOMWEB_BASE_URL = env_str("DICOMWEB_BASE_URL").rstrip("/")
 DICOMWEB_DEFAULT_LIMIT = env_int("DICOMWEB_DEFAULT_LIMIT", 100, minimum=1)
 DICOMWEB_MAX_CONVERT_BYTES = env_int("DICOMWEB_MAX_CONVERT_BYTES", 256 * 1024**2, minimum=1)
 # Browser viewers (OHIF) on other origins: CORS headers on /dicomweb/ only, for these origins ("*": any).

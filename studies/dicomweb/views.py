@@ -40,7 +40,7 @@ class DicomWebView(APIView):
         return [ScopedUserThrottle(self.throttle_scope_name)] if self.throttle_scope_name else []
 
     def base_url(self) -> str:
-        return self.request.build_absolute_uri("/dicomweb").rstrip("/")
+        return settings.DICOMWEB_BASE_URL or self.request.build_absolute_uri("/dicomweb").rstrip("/")
 
     def instances(self, **uids):
         """The user's instances under the URL's UIDs (no header JSON), or 404."""

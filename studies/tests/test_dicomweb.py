@@ -585,3 +585,11 @@ def test_cors_is_off_by_default_and_on_for_configured_origins(api, stored, setti
     assert "Access-Control-Allow-Origin" not in elsewhere  # the REST API stays same-origin
     other_origin = api.get("/dicomweb/studies", HTTP_ORIGIN="https://evil.example")
     assert "Access-Control-Allow-Origin" not in other_origin
+
+
+def test_urls_use_the_configured_public_root(api, stored, settings):
+    settings.DICOMWEB_BASE_URL = "https://pacs.example.org/dicomweb"
+    [study] = api.get("/dicomweb/studies").json()
+    assert value(study, "00081190") == f"https://pacs.example.org/dicomweb/studies/{stored['study']}"
+    items = __import__("json").loads(b"".join(api.get(f"/dicomweb/studies/{stored['study']}/metadata").streaming_content))
+    assert items[0]["7FE00010"]["BulkDataURI"].startswith("https://pacs.example.org/dicomweb/studies/")
