@@ -593,3 +593,48 @@ def test_urls_use_the_configured_public_root(api, stored, settings):
     assert value(study, "00081190") == f"https://pacs.example.org/dicomweb/studies/{stored['study']}"
     items = __import__("json").loads(b"".join(api.get(f"/dicomweb/studies/{stored['study']}/metadata").streaming_content))
     assert items[0]["7FE00010"]["BulkDataURI"].startswith("https://pacs.example.org/dicomweb/studies/")
+
+
+# --- fuzz: any query string gets an answer or the service's own refusal, never a 500 --------------
+
+from urllib.parse import quote  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+QUERY_KEYS = [
+    "PatientName", "00100010", "StudyDate", "StudyTime", "StudyInstanceUID", "ModalitiesInStudy", "Modality",
+    "SeriesNumber", "InstanceNumber", "Rows", "includefield", "limit", "offset", "fuzzymatching", "orderby",
+    "window", "viewport", "quality", "accept", "annotation", "iccprofile", "0020000D", "SOPClassUID", "Nonsense",
+]
+VALUES = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30),
+    st.sampled_from(["*", "?", "-", "20240101-", "-1", "0", "1,2", "all", "1.2.3", "40,400", "64,64", "a*b?c", "\\", "%", "_"]),
+)
+
+
+@hypothesis_settings(
+    max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    derandomize=__import__("os").environ.get("FUZZ_RANDOM") is None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    level=st.sampled_from(["studies", "series", "instances", "studies/{study}/series", "studies/{study}/rendered",
+                           "studies/{study}/series/{series}/instances/{instance}/frames/1/rendered"]),
+    params=st.lists(st.tuples(st.sampled_from(QUERY_KEYS), VALUES), max_size=4),
+)
+def test_fuzz_query_parameters_never_crash_dicomweb(api, fuzz_target, level, params):
+    path = "/dicomweb/" + level.format(**fuzz_target)
+    query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in params)
+    response = api.get(f"{path}?{query}")
+    assert response.status_code in (200, 400, 404, 406), (path, query, response.content[:300])
+    if response.status_code != 200:
+        assert response.json()["code"]
+
+
+@pytest.fixture
+def fuzz_target(api) -> dict:
+    ds = pydicom.dcmread(io.BytesIO(data := with_uids(CT_SMALL)))
+    assert stow(api, [data]).status_code == 200
+    return {"study": ds.StudyInstanceUID, "series": ds.SeriesInstanceUID, "instance": ds.SOPInstanceUID}
