@@ -30,7 +30,10 @@ ORDER = {
 
 
 def search(user, query: web.Query, *, base_url: str, study_uid: str | None = None, series_uid: str | None = None) -> list[dict[str, Any]]:
-    """The results of one QIDO-RS request, newest studies first, as DICOM JSON data sets."""
+    """The results of one QIDO-RS request, newest studies first, as DICOM JSON data sets.
+
+    When more results match than `limit` returned, a warning saying so is added to `query.warnings`.
+    """
     level = query.level
     queryset = selectors.scoped(MODELS[level].objects.all(), user)
     if level != "study":
@@ -43,7 +46,10 @@ def search(user, query: web.Query, *, base_url: str, study_uid: str | None = Non
         queryset = queryset.filter(_condition(level, match))
     if level == "instance":
         queryset = queryset.defer("header")
-    rows = list(queryset.order_by(*ORDER[level])[query.offset : query.offset + query.limit])
+    rows = list(queryset.order_by(*ORDER[level])[query.offset : query.offset + query.limit + 1])
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
+        query.warnings.append(f"there are more results: ask again with offset={query.offset + query.limit}")
     return _results(rows, query, base_url)
 
 

@@ -291,6 +291,8 @@ def test_search_limit_offset_and_warnings(api, stored):
     page1 = api.get(f"/dicomweb/studies/{study}/instances?limit=2").json()
     page2 = api.get(f"/dicomweb/studies/{study}/instances?limit=2&offset=2").json()
     assert len(page1) == 2 and len(page2) == 1
+    assert "offset=2" in api.get(f"/dicomweb/studies/{study}/instances?limit=2")["Warning"]
+    assert "Warning" not in api.get(f"/dicomweb/studies/{study}/instances?limit=2&offset=2")
     assert {value(i, "00080018") for i in page1}.isdisjoint({value(i, "00080018") for i in page2})
     response = api.get("/dicomweb/studies?OperatorsName=Someone&fuzzymatching=true")
     assert response.status_code == 200
