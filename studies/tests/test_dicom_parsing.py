@@ -487,3 +487,31 @@ def test_every_test_file_either_parses_to_strict_json_or_is_invalid_dicom() -> N
     assert unexpected == []
     assert parsed > 150
     assert refused > 0
+
+
+def _every_test_file() -> list[Path]:
+    return sorted(p for root in (PYDICOM_TEST_FILES, pydicom_data_dir()) for p in root.rglob("*") if p.is_file())
+
+
+def test_raw_json_fast_path_gives_exactly_what_pydicoms_conversion_gives(monkeypatch):
+    """The raw-bytes → JSON path (most elements) against pydicom's DataElement.to_json_dict path, on every
+    readable file of both test sets (charsets, PN groups, DS/IS oddities, multi-values, big endian...)."""
+    compared = 0
+    for path in _every_test_file():
+        try:
+            fast = parsing.dataset_to_json(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception:  # noqa: BLE001 - not a DICOM file, or one pydicom cannot read at all
+            continue
+        with monkeypatch.context() as patched:
+            patched.setattr(parsing, "RAW_JSON_VRS", frozenset())
+            reference = parsing.dataset_to_json(pydicom.dcmread(path, stop_before_pixels=True))
+        assert json.dumps(fast, sort_keys=True) == json.dumps(reference, sort_keys=True), path.name
+        compared += 1
+    assert compared > 200
+
+
+def test_raw_json_fast_path_cleans_text_and_summarises_long_values():
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(PatientName="Bad\x00Name=Ideo", StudyDescription="x" * 70_000)))
+    header = parsing.dataset_to_json(ds)
+    assert header["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "BadName", "Ideographic": "Ideo"}]}
+    assert header["00081030"]["BulkData"] == {"length": 70_000}  # written as UN: too long for LO's 16-bit length
