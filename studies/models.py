@@ -15,6 +15,19 @@ def instance_file_key(instance: Instance, filename: str = "") -> str:
     return f"dicom/{hex_id[:2]}/{hex_id[2:4]}/{hex_id}.dcm"
 
 
+class HeaderField(models.JSONField):
+    """A JSONField whose bulk inserts bind one parameter per row (INSERT ... VALUES) on PostgreSQL.
+
+    Django's PostgreSQL bulk_create otherwise sends each column as one array through UNNEST, and
+    psycopg quotes a jsonb[] array literal in Python: for 50 CT headers of ~12 KB that took 86 ms
+    against 9 ms as separate parameters, about 1.5 ms of import_dicom's CPU per file (bench/import_bench.py
+    --profile). Defining get_placeholder is what makes Django keep the VALUES form for the table.
+    """
+
+    def get_placeholder(self, value, compiler, connection) -> str:
+        return "%s"
+
+
 class Study(models.Model):
     """A DICOM study as one owner holds it; unique per (owner, Study Instance UID)."""
 
@@ -105,7 +118,7 @@ class Instance(models.Model):
     accession_number = models.CharField(max_length=64, blank=True)
     study_description = models.CharField(max_length=255, blank=True)
     series_description = models.CharField(max_length=255, blank=True)
-    header = models.JSONField("DICOM header (DICOM JSON)", default=dict)
+    header = HeaderField("DICOM header (DICOM JSON)", default=dict)
     uploaded_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -453,6 +453,7 @@ def dataset_to_json(
 
 # Explicit-VR elements of these VRs go straight from the raw bytes to JSON (see _raw_json).
 RAW_JSON_VRS = TEXT_VRS | {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
+NUMBER_VRS = frozenset({"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})  # JSON numbers
 
 
 def _raw_json(raw: RawDataElement, encodings) -> dict[str, Any]:
@@ -482,7 +483,9 @@ def _raw_json(raw: RawDataElement, encodings) -> dict[str, Any]:
                 entry["Phonetic"] = clean_text(groups[2])
             names.append(entry)
         return {"vr": vr, "Value": names}
-    return {"vr": vr, "Value": [_clean(v) for v in convert_to_python_number(values, vr)]}
+    if vr in NUMBER_VRS:
+        values = convert_to_python_number(values, vr)
+    return {"vr": vr, "Value": [_clean(v) for v in values]}
 
 
 def _element_json(ds: Dataset, tag: Any, bin_limit: int, text_limit: int, depth: int, encodings=None) -> dict[str, Any]:
