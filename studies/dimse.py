@@ -1,0 +1,361 @@
+"""DICOM network service: a C-STORE / C-ECHO receiver (SCP) on pynetdicom, storing through `ingest_instance`.
+
+    python manage.py storescp --port 11112 --ae-title DICOMSITE --owner alice
+
+Every instance a modality (or `storescu`) sends goes through the same ingest service as an API
+upload, for one owner. Each C-STORE gets a DIMSE status, and the association stays up whatever
+happens to one file:
+
+| outcome                                    | DIMSE status | PS3.4 B.2.3 meaning              | audit status |
+|--------------------------------------------|--------------|----------------------------------|--------------|
+| stored                                     | 0x0000       | Success                          | 201          |
+| identical bytes already stored (re-send)   | 0x0000       | Success                          | 200          |
+| larger than DICOM_MAX_UPLOAD_BYTES         | 0xA700       | Refused: Out of Resources        | 413          |
+| storage full or failing                    | 0xA700       | Refused: Out of Resources        | 503          |
+| not a DICOM file the catalogue can hold    | 0xC000       | Error: Cannot understand         | 400          |
+| same SOP Instance UID, different bytes     | 0xC409       | Error: Cannot understand (C409)  | 409          |
+| unexpected server error (logged)           | 0xC500       | Error: Cannot understand (C500)  | 500          |
+
+The low byte of a Cxxx code is ours to choose (PS3.4 B.2.3); 0xC409 and 0xC500 echo the HTTP status
+the REST API gives for the same outcome and keep clear of the codes pynetdicom uses for its own
+failures (0xC001, 0xC002, 0xC211). Failures carry a short Error Comment (0000,0902).
+
+Each C-STORE writes one AuditEvent (action "dimse-c-store", method "DIMSE"). Its `status` is the
+HTTP-like status above, not the DIMSE code: DIMSE failure codes (0xA700 = 42752) do not fit the
+PositiveSmallIntegerField, and HTTP-like values keep DIMSE events comparable with API uploads.
+
+pynetdicom holds a data set in memory while it arrives. A file a little over the size limit still
+gets its 0xA700 answer; a peer that keeps sending far beyond it (see `receive_ceiling`) is cut off
+with an A-ABORT, so one association cannot fill the server's memory.
+
+Logs carry ids, sizes, statuses and AE titles only: never patient data or file names.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.sop_class import Verification
+
+from . import services
+from .audit import request_id_var
+from .errors import Conflict, ServiceError, StorageFailure, UploadTooLarge
+from .models import AuditEvent
+from .uploads import CHUNK_SIZE, stage_stream
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 11112
+DEFAULT_AE_TITLE = "DICOMSITE"
+
+# Accepted for every storage SOP class; the catalogue stores the bytes as sent (no transcoding).
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+CONFLICT = 0xC409
+PROCESSING_ERROR = 0xC500
+
+# A data set may run this far past DICOM_MAX_UPLOAD_BYTES (at most the limit itself) and still be
+# answered with 0xA700; beyond it the association is aborted.
+ABORT_MARGIN = 64 * 1024 * 1024
+ERROR_COMMENT_LENGTH = 64  # Error Comment is LO
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What one C-STORE came to: the DIMSE status, the audit trail's status, a word for the log
+    (created, duplicate, or the service's error code), the object concerned (the stored instance,
+    or what a conflict is with) and the Error Comment for the peer."""
+
+    status: int
+    audit_status: int
+    result: str
+    object_id: str = ""
+    object_type: str = "instance"
+    comment: str = ""
+    size: int = 0
+
+    @property
+    def audit_outcome(self) -> str:
+        if self.audit_status < 400:
+            return "success"
+        return "refused" if self.audit_status < 500 else "error"
+
+
+@dataclass
+class _Session:
+    """Per-association bookkeeping: an id for log lines and the size of the data set arriving."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    receiving: int = 0
+
+
+class _Sessions:
+    """Sessions by association (weakly held: they go when pynetdicom drops the association)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_assoc: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, assoc) -> _Session:
+        with self._lock:
+            session = self._by_assoc.get(assoc)
+            if session is None:
+                session = self._by_assoc[assoc] = _Session()
+            return session
+
+
+def receive_ceiling() -> int:
+    """Bytes of one data set after which the association is aborted instead of answered."""
+    limit = settings.DICOM_MAX_UPLOAD_BYTES
+    return limit + min(limit, ABORT_MARGIN)
+
+
+def build_ae(*, ae_title: str = DEFAULT_AE_TITLE) -> AE:
+    """An AE accepting every storage SOP class in TRANSFER_SYNTAXES, and Verification (C-ECHO).
+
+    Peers must call it by its AE title (`require_called_aet`): a modality configured for another
+    node is refused at association time rather than filing its images here.
+    """
+    ae = AE(ae_title=ae_title)
+    ae.require_called_aet = True
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    return ae
+
+
+def start_server(*, owner, port: int = DEFAULT_PORT, ae_title: str = DEFAULT_AE_TITLE, host: str = "0.0.0.0", block: bool = True):
+    """Listen for C-STORE and C-ECHO on (host, port); everything received is catalogued for `owner`.
+
+    With block=False, returns the running pynetdicom server (stop it with `stop_server`). With
+    block=True, serves until KeyboardInterrupt, then stops cleanly and returns None.
+    """
+    sessions = _Sessions()
+    handlers = [
+        (evt.EVT_C_STORE, handle_store, [owner, sessions]),
+        (evt.EVT_PDU_RECV, _guard_receive, [sessions]),
+        (evt.EVT_ACCEPTED, _log_accepted, [sessions]),
+    ]
+    server = build_ae(ae_title=ae_title).start_server((host, port), block=False, evt_handlers=handlers)
+    logger.info("dimse scp listening host=%s port=%d ae_title=%s", host, server.server_address[1], ae_title)
+    if not block:
+        return server
+    serve_until_interrupted(server)
+    return None
+
+
+def serve_until_interrupted(server) -> None:
+    """Wait (the server runs in its own threads) until KeyboardInterrupt, then stop it cleanly."""
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(server)
+
+
+def stop_server(server, *, timeout: float = 60.0) -> None:
+    """Stop accepting, abort open associations, and wait for files being catalogued to finish.
+
+    pynetdicom runs associations in daemon threads: without the wait, leaving the process right
+    after Ctrl-C could cut an ingest short between storing a file and cataloguing it.
+    """
+    server.shutdown()
+    associations = list(server.active_associations)
+    for assoc in associations:
+        assoc.abort()
+    for assoc in associations:
+        assoc.join(timeout)
+    logger.info("dimse scp stopped (%d association(s) closed)", len(associations))
+
+
+def handle_store(event, owner, sessions: _Sessions):
+    """EVT_C_STORE: stage the received data set as a Part-10 file, ingest it, answer with a status.
+
+    Never raises: whatever goes wrong, the peer gets a failure status and the association stays up.
+    """
+    session = sessions.get(event.assoc)
+    token = request_id_var.set(f"dimse-{session.id}-{getattr(event.request, 'MessageID', 0) or 0}")
+    calling_ae = event.assoc.requestor.ae_title
+    try:
+        try:
+            close_old_connections()
+            outcome = _store(event, owner)
+        except Exception:  # noqa: BLE001 - last resort; pynetdicom would answer 0xC211 and log in its own words
+            logger.exception("dimse c-store failed calling_ae=%s", calling_ae)
+            outcome = StoreOutcome(PROCESSING_ERROR, 500, "server_error", comment="internal error")
+        _audit(event, owner, outcome)
+        logger.info(
+            "dimse c-store %s status=0x%04X id=%s size=%d calling_ae=%s",
+            outcome.result, outcome.status, outcome.object_id or "-", outcome.size, calling_ae,
+        )
+        return _status(outcome)
+    finally:
+        request_id_var.reset(token)
+        # The association thread lives on between requests: give its database connections back now.
+        connections.close_all()
+
+
+def _store(event, owner) -> StoreOutcome:
+    size = _received_size(event)
+    try:
+        result = services.ingest_instance(owner=owner, staged=_stage(event, size))
+    except UploadTooLarge as exc:
+        return StoreOutcome(OUT_OF_RESOURCES, exc.status, exc.code, comment="larger than this server accepts", size=size)
+    except StorageFailure as exc:
+        return StoreOutcome(OUT_OF_RESOURCES, exc.status, exc.code, comment="storage unavailable", size=size)
+    except Conflict as exc:
+        if exc.extra.get("reason") == "series_in_other_study":
+            comment = "Series Instance UID already stored under another study"
+            return StoreOutcome(CONFLICT, exc.status, exc.code, str(exc.extra.get("series", "")), "series", comment, size)
+        comment = "SOP Instance UID already stored with other content"
+        return StoreOutcome(CONFLICT, exc.status, exc.code, str(exc.extra.get("id", "")), comment=comment, size=size)
+    except ServiceError as exc:  # InvalidUpload, and any other refusal the service may add
+        return StoreOutcome(CANNOT_UNDERSTAND, exc.status, exc.code, comment=exc.message, size=size)
+    instance = result.instance
+    status, name = (201, "created") if result.created else (200, "duplicate")
+    return StoreOutcome(SUCCESS, status, name, str(instance.pk), size=instance.size)
+
+
+def _received_size(event) -> int:
+    """Bytes of the data set as received (without the file meta)."""
+    path = event.dataset_path  # set when pynetdicom's STORE_RECV_CHUNKED_DATASET writes it to disk
+    if path is not None:
+        return os.path.getsize(path)
+    return event.request.DataSet.getbuffer().nbytes
+
+
+def _stage(event, size: int):
+    """The received data set as a StagedFile in DICOM file format (file meta from the request)."""
+    if size > settings.DICOM_MAX_UPLOAD_BYTES:  # refused before copying anything
+        raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
+    if event.dataset_path is not None:  # pynetdicom wrote preamble, file meta and data set
+        with open(event.dataset_path, "rb") as handle:
+            return stage_stream(handle)
+    # What event.encoded_dataset() returns, without joining a second in-memory copy of the data set.
+    head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+    return stage_stream(_Chained(head, event.request.DataSet))
+
+
+class _Chained:
+    """A read()-able stream over some bytes followed by a BytesIO (read from its start)."""
+
+    def __init__(self, head: bytes, body: io.BytesIO) -> None:
+        self._parts: Iterator = iter((io.BytesIO(head), body))
+        self._current = next(self._parts)
+        body.seek(0)
+
+    def read(self, n: int = CHUNK_SIZE) -> bytes:
+        while self._current is not None:
+            chunk = self._current.read(n)
+            if chunk:
+                return chunk
+            self._current = next(self._parts, None)
+        return b""
+
+
+def _status(outcome: StoreOutcome) -> Dataset:
+    status = Dataset()
+    status.Status = outcome.status
+    if outcome.status != SUCCESS and outcome.comment:
+        status.ErrorComment = _error_comment(outcome.comment)
+    return status
+
+
+def _error_comment(text: str) -> str:
+    """An LO value: printable ASCII without backslashes, at most 64 characters."""
+    cleaned = "".join(ch if " " <= ch <= "~" and ch != "\\" else " " for ch in text)
+    return cleaned[:ERROR_COMMENT_LENGTH].strip()
+
+
+def _audit(event, owner, outcome: StoreOutcome) -> None:
+    try:
+        AuditEvent.objects.create(
+            user=owner,
+            username=owner.get_username(),
+            action="dimse-c-store",
+            method="DIMSE",
+            object_type=outcome.object_type if outcome.object_id else "",
+            object_id=outcome.object_id[:64],
+            outcome=outcome.audit_outcome,
+            status=outcome.audit_status,
+            client_address=event.assoc.requestor.address or None,
+            request_id=request_id_var.get()[:64],
+        )
+    except Exception:  # noqa: BLE001 - as in AuditMiddleware: loud in the log, but the peer still gets its answer
+        logger.exception("audit event could not be written")
+
+
+def _guard_receive(event, sessions: _Sessions) -> None:
+    """EVT_PDU_RECV (DUL thread): count data set bytes of the message arriving; abort past the ceiling."""
+    items = getattr(event.pdu, "presentation_data_value_items", None)
+    if not items:
+        return
+    session = sessions.get(event.assoc)
+    for item in items:
+        data = item.data or b""
+        if not data or data[0] & 0x01:  # command fragments are small and not counted
+            continue
+        session.receiving += len(data) - 1
+        if session.receiving > receive_ceiling():
+            logger.warning(
+                "dimse data set too large, aborting association calling_ae=%s received=%d",
+                event.assoc.requestor.ae_title, session.receiving,
+            )
+            session.receiving = 0
+            event.assoc.abort(block=False)  # blocking here, in the DUL's own thread, would wait for itself
+            return
+        if data[0] & 0x02:  # the last fragment: the next data set starts from zero
+            session.receiving = 0
+
+
+def _log_accepted(event, sessions: _Sessions) -> None:
+    requestor = event.assoc.requestor
+    logger.info(
+        "dimse association accepted session=%s calling_ae=%s address=%s",
+        sessions.get(event.assoc).id, requestor.ae_title, requestor.address,
+    )
