@@ -375,8 +375,24 @@ def test_check_storage_fix_succeeds_when_only_old_orphans_were_found(two_instanc
     assert len(stored_files(media_root)) == 2
 
 
+@pytest.fixture
+def logging_restored():
+    """ManagementUtility.execute() runs django.setup(), which configures logging again: its console
+    handler would write to this test's captured stderr, closed once the test ends (later tests would
+    then log "I/O operation on closed file"). Put the handlers and levels back as they were."""
+    import logging
+
+    loggers = [logging.root] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate, logger.disabled) for logger in loggers]
+    yield
+    for logger, handlers, level, propagate, disabled in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+
+
 @pytest.mark.django_db(transaction=True)  # run_from_argv closes every connection when it ends
-def test_check_storage_exits_with_status_1_from_the_command_line(two_instances, media_root, capsys):
+def test_check_storage_exits_with_status_1_from_the_command_line(two_instances, media_root, capsys, logging_restored):
     """Through ManagementUtility (what manage.py runs): a CommandError becomes exit status 1."""
     from django.core.management import ManagementUtility
 

@@ -255,6 +255,7 @@ def associate(port: int, *contexts):
 
 def test_status_codes_for_each_outcome(scp, owner, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="studies")
     ct = variant(tmp_path, sample("CT_small.dcm"), "ct.dcm", PatientName="Doe^Jane", PatientID="PID-4711")
     conflicting = variant(tmp_path, ct, "conflicting.dcm", PatientID="PID-0815")
     no_series = variant(tmp_path, ct, "no-series.dcm", new_uids=True, SeriesInstanceUID=None)
@@ -391,14 +392,14 @@ def test_command_serves_until_ctrl_c(owner):
         results["store"] = dcmtk_run("storescu", "-aec", AE_TITLE, "127.0.0.1", str(port), sample("CT_small.dcm"))
         os.kill(os.getpid(), signal.SIGINT)
 
-    pynetdicom_level = logging.getLogger("pynetdicom").level  # the command quietens pynetdicom's logger
+    pynetdicom_level = logging.getLogger("pynetdicom").level
     thread = threading.Thread(target=sender)
     thread.start()
     try:
         call_command("storescp", "--owner", "owner", "--port", "0", "--host", "127.0.0.1", stdout=out)
     finally:
         thread.join(30)
-        logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
+    assert logging.getLogger("pynetdicom").level == pynetdicom_level  # the command's quieting is undone
 
     assert "as AE title DICOMSITE, storing for 'owner'" in out.getvalue()
     assert out.getvalue().rstrip().endswith("Stopped.")

@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import bulk
+from .. import logger_level
 
 REPORT_FIELDS = ["filename", "status", "id", "error", "size"]
 
@@ -40,7 +41,12 @@ class Command(BaseCommand):
         parser.add_argument("--strict", action="store_true", help="exit non-zero if any file was refused or conflicted")
         parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto")
 
-    def handle(self, *args, paths, owner, workers, dry_run, report, strict, progress, verbosity, **options):
+    def handle(self, *args, verbosity, **options):
+        # One INFO line per stored file is for the server's log; here the summary and --report say it.
+        with logger_level("studies", logging.WARNING if verbosity < 3 else None):
+            return self._import(verbosity=verbosity, **options)
+
+    def _import(self, *, paths, owner, workers, dry_run, report, strict, progress, verbosity, **options):
         try:
             user = get_user_model().objects.get(username=owner)
         except get_user_model().DoesNotExist:
@@ -50,9 +56,6 @@ class Command(BaseCommand):
         if progress == "auto":
             progress = "bar" if self.stdout.isatty() and verbosity >= 1 else ("lines" if verbosity >= 1 else "none")
 
-        if verbosity < 3:
-            # One INFO line per stored file is for the server's log; here the summary and --report say it.
-            logging.getLogger("studies").setLevel(logging.WARNING)
         counts: Counter[str] = Counter()
         started = time.monotonic()
         total_bytes = 0

@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from ... import dimse
+from .. import logger_level
 
 
 class Command(BaseCommand):
@@ -34,7 +35,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: all interfaces)")
 
-    def handle(self, *args, owner, port, ae_title, host, verbosity, **options):
+    def handle(self, *args, verbosity, **options):
+        # pynetdicom narrates every association at INFO/DEBUG; our own lines say what happened.
+        with logger_level("pynetdicom", logging.WARNING if verbosity < 3 else None):
+            return self._serve(**options)
+
+    def _serve(self, *, owner, port, ae_title, host, **options):
         try:
             user = get_user_model().objects.get(username=owner)
         except get_user_model().DoesNotExist:
@@ -42,10 +48,6 @@ class Command(BaseCommand):
         connections.close_all()  # this thread only waits from here on; association threads open their own
         if not 0 <= port <= 65535:
             raise CommandError("--port must be between 0 and 65535")
-        if verbosity < 3:
-            # pynetdicom narrates every association at INFO/DEBUG; our own lines say what happened.
-            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
         try:
             server = dimse.start_server(owner=user, port=port, ae_title=ae_title, host=host, block=False)
         except ValueError as exc:  # pynetdicom refuses an invalid AE title
