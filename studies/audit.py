@@ -147,11 +147,17 @@ def _outcome(status: int) -> str:
 
 
 def _exists(object_type: str, object_id: str) -> bool:
+    """Whether the object exists for anyone: by id (REST API, admin) or by DICOM UID (DICOMweb paths)."""
     from .models import Instance, Series, Study
 
-    model = {"instance": Instance, "study": Study, "series": Series}[object_type]
+    model, uid_field = {
+        "instance": (Instance, "sop_instance_uid"),
+        "study": (Study, "study_instance_uid"),
+        "series": (Series, "series_instance_uid"),
+    }[object_type]
+    lookup = {uid_field: object_id} if re.fullmatch(r"[0-9.]+", object_id) else {"pk": object_id}
     try:
-        return model.objects.filter(pk=object_id).exists()
+        return model.objects.filter(**lookup).exists()
     except Exception:  # noqa: BLE001 - a malformed id exists nowhere
         return False
 

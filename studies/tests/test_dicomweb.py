@@ -567,6 +567,14 @@ def test_dicomweb_requests_are_audited_by_uid(api, stored, owner):
     assert AuditEvent.objects.filter(action="dicomweb-studies-post", outcome="success").exists()
 
 
+def test_another_users_dicomweb_request_is_audited_as_denied(stored, other):
+    assert client_for(other).get(f"/dicomweb/studies/{stored['study']}/metadata").status_code == 404
+    event = AuditEvent.objects.filter(action="dicomweb-study-metadata").get()
+    assert (event.user, event.object_type, event.object_id, event.outcome) == (other, "study", stored["study"], "denied")
+    assert client_for(other).get("/dicomweb/studies/1.2.3/metadata").status_code == 404
+    assert AuditEvent.objects.filter(action="dicomweb-study-metadata", object_id="1.2.3").get().outcome == "not_found"
+
+
 def test_cors_is_off_by_default_and_on_for_configured_origins(api, stored, settings):
     response = api.get("/dicomweb/studies", HTTP_ORIGIN="https://viewer.example")
     assert "Access-Control-Allow-Origin" not in response
