@@ -6,12 +6,19 @@ The same service is driven by a real DICOMweb client in test_dicomweb_client.py.
 from __future__ import annotations
 
 import io
-import uuid
+import json
+import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pydicom
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -321,9 +328,6 @@ def test_each_user_searches_only_their_own_and_view_all_sees_all(stored, other, 
 
 
 def test_search_query_count_does_not_grow_with_results(api, stored):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     def queries() -> int:
         with CaptureQueriesContext(connection) as captured:
             response = api.get("/dicomweb/studies?includefield=00080060")
@@ -393,18 +397,18 @@ def test_metadata_at_every_level_from_stored_headers_with_bulkdata_uris(api, sto
     study, series = stored["study"], stored["series_ct"]
     metadata = api.get(f"/dicomweb/studies/{study}/metadata", HTTP_ACCEPT=DICOM_JSON)
     assert metadata["Content-Type"] == DICOM_JSON
-    items = __import__("json").loads(b"".join(metadata.streaming_content))
+    items = json.loads(b"".join(metadata.streaming_content))
     assert len(items) == 3
     first = items[0]
     assert value(first, "0020000D") == study
     assert not any(tag.startswith("0002") for tag in first)
     pixel_uri = first["7FE00010"]["BulkDataURI"]
     assert pixel_uri.endswith(f"/instances/{value(first, '00080018')}/bulkdata/7FE00010")
-    series_items = __import__("json").loads(b"".join(api.get(f"/dicomweb/studies/{study}/series/{series}/metadata").streaming_content))
+    series_items = json.loads(b"".join(api.get(f"/dicomweb/studies/{study}/series/{series}/metadata").streaming_content))
     assert len(series_items) == 2
     uid = value(first, "00080018")
     path = f"/dicomweb/studies/{study}/series/{value(first, '0020000E')}/instances/{uid}/metadata"
-    [one] = __import__("json").loads(b"".join(api.get(path).streaming_content))
+    [one] = json.loads(b"".join(api.get(path).streaming_content))
     assert value(one, "00080018") == uid
 
 
@@ -419,7 +423,7 @@ def test_bulkdata_serves_a_large_value_and_pixel_data(api):
     ds.save_as(buffer, enforce_file_format=True)
     assert stow(api, [buffer.getvalue()]).status_code == 200
     base = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-    [meta] = __import__("json").loads(b"".join(api.get(base + "/metadata").streaming_content))
+    [meta] = json.loads(b"".join(api.get(base + "/metadata").streaming_content))
     uri = meta["00091001"]["BulkDataURI"]
     response = api.get(uri.split("testserver", 1)[1])
     [(headers, content)] = multipart_parts(response)
@@ -601,15 +605,11 @@ def test_urls_use_the_configured_public_root(api, stored, settings):
     settings.DICOMWEB_BASE_URL = "https://pacs.example.org/dicomweb"
     [study] = api.get("/dicomweb/studies").json()
     assert value(study, "00081190") == f"https://pacs.example.org/dicomweb/studies/{stored['study']}"
-    items = __import__("json").loads(b"".join(api.get(f"/dicomweb/studies/{stored['study']}/metadata").streaming_content))
+    items = json.loads(b"".join(api.get(f"/dicomweb/studies/{stored['study']}/metadata").streaming_content))
     assert items[0]["7FE00010"]["BulkDataURI"].startswith("https://pacs.example.org/dicomweb/studies/")
 
 
 # --- fuzz: any query string gets an answer or the service's own refusal, never a 500 --------------
-
-from urllib.parse import quote  # noqa: E402
-
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st  # noqa: E402
 
 QUERY_KEYS = [
     "PatientName", "00100010", "StudyDate", "StudyTime", "StudyInstanceUID", "ModalitiesInStudy", "Modality",
@@ -623,9 +623,9 @@ VALUES = st.one_of(
 
 
 @hypothesis_settings(
-    max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "100")),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")),
     deadline=None,
-    derandomize=__import__("os").environ.get("FUZZ_RANDOM") is None,
+    derandomize=os.environ.get("FUZZ_RANDOM") is None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
