@@ -224,7 +224,7 @@ def _range(value: str, convert, keyword: str) -> tuple[Any, Any]:
 
 
 def _date(text: str, keyword: str) -> dt.date:
-    text = text.strip().replace("-", "")
+    text = text.strip()
     try:
         return dt.datetime.strptime(text, "%Y%m%d").date()
     except ValueError:
