@@ -476,9 +476,14 @@ class Service:
 
 
 class Orthanc:
-    def __init__(self, tmp: Path, args):
+    """Orthanc with a temp JSON config; `plugins` (shared-library paths) and `config` (extra top-level keys,
+    e.g. {"DicomWeb": {...}}) are empty by default: no plugins, the config below as is."""
+
+    def __init__(self, tmp: Path, args, plugins: list[str] | None = None, config: dict | None = None):
         self.tmp = tmp
         self.args = args
+        self.plugins = list(plugins or [])
+        self.config_extra = dict(config or {})
         self.port = free_port(args.orthanc_port)
         self.proc: Proc | None = None
         self.version = ""
@@ -500,10 +505,11 @@ class Orthanc:
             "StorageCompression": False,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [],
+            "Plugins": self.plugins,
             "OrthancExplorerEnabled": False,
             "WebDavEnabled": False,
             "LuaScripts": [],
+            **self.config_extra,
         }
         cfg_path = self.tmp / "orthanc.json"
         cfg_path.write_text(json.dumps(config, indent=2))

@@ -226,6 +226,8 @@ def _range(value: str, convert, keyword: str) -> tuple[Any, Any]:
 def _date(text: str, keyword: str) -> dt.date:
     text = text.strip()
     try:
+        if not re.fullmatch(r"\d{8}", text):
+            raise ValueError(text)
         return dt.datetime.strptime(text, "%Y%m%d").date()
     except ValueError:
         raise QueryError(f"{keyword} must be a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD, not '{text[:20]}'") from None

@@ -52,7 +52,7 @@ def test_limit_is_capped_with_a_warning():
 @pytest.mark.parametrize(
     "pair",
     [("limit", "0"), ("limit", "-1"), ("limit", "1e3"), ("offset", "x"), ("fuzzymatching", "yes"), ("Bogus", "1"),
-     ("StudyDate", "2024"), ("StudyDate", "20240201-20240101"), ("StudyDate", "-"), ("StudyTime", "2500x"),
+     ("StudyDate", "2024"), ("StudyDate", "2024111"), ("StudyDate", "20240201-20240101"), ("StudyDate", "-"), ("StudyTime", "2500x"),
      ("StudyInstanceUID", "1.2.a"), ("SeriesNumber", "one"), ("includefield", "NotAKeyword")],
 )
 def test_parse_query_refuses_malformed_values(pair):
