@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """One entry point for the benchmarks: run them, then print one side-by-side table.
 
-    .venv/bin/python bench/run.py                 # http, render, import (each against a throwaway Orthanc)
+    .venv/bin/python bench/run.py                 # http, render, import, dicomweb (each against a throwaway Orthanc)
     .venv/bin/python bench/run.py --all           # also scale (1k vs 100k), memory (1 GB file) and load
     .venv/bin/python bench/run.py --only render   # one of them
     .venv/bin/python bench/run.py --report-only   # print the table from the last results, run nothing
 
 Each benchmark is its own script (bench/<name>.py) that starts what it needs (gunicorn on a throwaway
-PostgreSQL database, Orthanc 1.10 with a temporary config when the Debian package is installed) and
-stops it again; this script runs them one after another (they would disturb each other's timings on
-a small machine), then reads their JSON results from bench/results/ and prints every row with the
-service / Orthanc ratio, writing the lot to bench/results/all.json. Standard library only.
+PostgreSQL database, Orthanc 1.10 with a temporary config when the Debian package is installed, plus its
+DICOMweb plugin for dicomweb) and stops it again; this script runs them one after another (they would
+disturb each other's timings on a small machine), then reads their JSON results from bench/results/ and
+prints every row with the service / Orthanc ratio, writing the lot to bench/results/all.json. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ BENCHES: dict[str, tuple[str, list[str], bool]] = {
     "http": ("http_bench.py", ["--n", "300"], True),
     "render": ("render_bench.py", ["--n", "50", "--n-cr", "5"], True),
     "import": ("import_bench.py", ["--n", "1000"], True),
+    "dicomweb": ("dicomweb_bench.py", ["--n", "200"], True),
     "scale": ("scale_bench.py", [], False),
     "memory": ("memory_bench.py", [], False),
     "load": ("load_test.py", ["--seconds", "120"], False),
@@ -49,7 +51,7 @@ def run(name: str, python: str) -> dict:
 def rows(name: str, data: dict) -> list[dict]:
     """The comparable rows of one benchmark's JSON: (row, service, orthanc, ratio, unit)."""
     out = []
-    if name in ("render", "import", "http"):
+    if name in ("render", "import", "http", "dicomweb"):
         for row in data.get("table", data.get("rows", [])):
             service = row.get("service", row.get("service_ms"))
             orthanc = row.get("orthanc", row.get("orthanc_ms"))
@@ -104,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     width = max((len(r["row"]) for r in table), default=20)
     print(f"\nmachine: {json.dumps(machine) if machine else 'see each result file'}")
     print(f"command: {' '.join([Path(sys.executable).name, 'bench/run.py', *(argv if argv is not None else sys.argv[1:])])}")
-    print("ratio = service / orthanc (latency: lower is better; throughput rows say 'files/s' or 'MB/s': higher is better)\n")
-    print(f"{'bench':7}  {'row':{width}}  {'service':>9}  {'orthanc':>9}  {'ratio':>6}  unit")
+    print("ratio = service / orthanc (latency: lower is better; throughput rows say 'files/s', 'MB/s' or 'req/s': higher is better)\n")
+    print(f"{'bench':8}  {'row':{width}}  {'service':>9}  {'orthanc':>9}  {'ratio':>6}  unit")
     for r in table:
-        print(f"{r['bench']:7}  {r['row']:{width}}  {fmt(r['service']):>9}  {fmt(r['orthanc']):>9}  {fmt(r['ratio']):>6}  {r['unit']}")
+        print(f"{r['bench']:8}  {r['row']:{width}}  {fmt(r['service']):>9}  {fmt(r['orthanc']):>9}  {fmt(r['ratio']):>6}  {r['unit']}")
     failed = [r for r in runs if r["exit"] != 0]
     for r in failed:
         print(f"\n{r['name']} exited with {r['exit']}: its rows above may be from an earlier run")
