@@ -648,3 +648,18 @@ def fuzz_target(api) -> dict:
     ds = pydicom.dcmread(io.BytesIO(data := with_uids(CT_SMALL)))
     assert stow(api, [data]).status_code == 200
     return {"study": ds.StudyInstanceUID, "series": ds.SeriesInstanceUID, "instance": ds.SOPInstanceUID}
+
+
+def test_stow_without_content_length_reads_a_dechunked_body_or_asks_for_a_length(api, owner):
+    """A chunked upload reaches Django without CONTENT_LENGTH. Under gunicorn (wsgi.input_terminated: it
+    de-chunks the body) the part is read from wsgi.input; a server that does not (runserver) gets a clear 411."""
+    body, content_type = stow_body([dicom_bytes()])
+    headers = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_ACCEPT": DICOM_JSON}
+    refused = api.generic("POST", "/dicomweb/studies", b"x", content_type, **headers, **{"wsgi.input": io.BytesIO(body)})
+    assert_error(refused, 411, "length_required")
+    stored = api.generic(
+        "POST", "/dicomweb/studies", b"x", content_type, **headers,
+        **{"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True},
+    )
+    assert stored.status_code == 200, stored.content
+    assert Instance.objects.filter(owner=owner).count() == 1
