@@ -36,6 +36,14 @@ def etag(instance: Instance, options: rendering.RenderOptions) -> str:
     return f'"{cache_key(instance, options).split(":", 1)[1]}"'
 
 
+def open_stored(instance: Instance):
+    """The stored file, opened for reading; a RenderError (422) if storage has lost it."""
+    try:
+        return instance.file.open("rb")
+    except OSError:
+        raise rendering.RenderError("the stored file is missing; an administrator has to restore it") from None
+
+
 def rendered_image(instance: Instance, options: rendering.RenderOptions) -> rendering.RenderedImage:
     """The rendered image from the cache, or rendered from the stored file and cached."""
     key = cache_key(instance, options)
@@ -45,11 +53,7 @@ def rendered_image(instance: Instance, options: rendering.RenderOptions) -> rend
         return rendering.RenderedImage(content, media_type, width, height)
     if not instance.has_pixel_data:
         raise rendering.NoPixelData("this instance has no pixel data")
-    try:
-        handle = instance.file.open("rb")
-    except OSError:
-        raise rendering.RenderError("the stored file is missing; an administrator has to restore it") from None
-    with handle:
+    with open_stored(instance) as handle:
         image = rendering.render(handle, options, max_frame_bytes=settings.DICOM_MAX_FRAME_PIXELS)
     if len(image.content) <= MAX_CACHED_BYTES:
         cache.set(key, (image.content, image.media_type, image.width, image.height), settings.DICOM_RENDER_CACHE_SECONDS)

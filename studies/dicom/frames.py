@@ -20,11 +20,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.pixels import pixel_array
 from pydicom.pixels.utils import get_expected_length, pack_bits
 from pydicom.uid import UID
 
-from .rendering import RenderError, check_frame, check_native_length, _read_attributes
+from .rendering import RenderError, check_frame, check_native_length, decode_frame, read_attributes
 
 LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 EXPLICIT_LE = pydicom.uid.ExplicitVRLittleEndian
@@ -47,7 +46,7 @@ class PixelLayout:
 
 def layout(fp: BinaryIO, max_frame_bytes: int) -> PixelLayout:
     """Read the header and locate the pixel data value (NoPixelData / RenderError when it cannot)."""
-    ds = _read_attributes(fp)
+    ds = read_attributes(fp)
     check_frame(ds, 0, max_frame_bytes)
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
@@ -106,19 +105,7 @@ def _frame(fp: BinaryIO, pixels: PixelLayout, index: int, *, keep: bool) -> byte
 
 def _decoded(fp: BinaryIO, ds: Dataset, index: int) -> bytes:
     """Decode one frame and write its samples as native little-endian bytes (1-bit frames packed)."""
-    fp.seek(0)
-    try:
-        try:
-            arr = pixel_array(fp, index=index, ds_out=Dataset())
-        except (MemoryError, RecursionError):
-            raise
-        except Exception:  # noqa: BLE001 - retry from a full read, as rendering does (rendering._decode_frame)
-            fp.seek(0)
-            arr = pixel_array(pydicom.dcmread(fp), index=index)
-    except (MemoryError, RecursionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - every codec failure is this frame's problem
-        raise RenderError(f"frame {index + 1} cannot be decoded ({type(exc).__name__})") from exc
+    arr = decode_frame(fp, ds, index)
     if int(ds.get("BitsAllocated", 8) or 8) == 1:
         return pack_bits(arr)
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()

@@ -127,26 +127,10 @@ def render(
     `overrides` replace fields of `options` (e.g. `render(fp, frame=2, image_format="jpeg")`).
     """
     options = replace(options or RenderOptions(), **overrides)
-    ds = _read_attributes(fp)
+    ds = read_attributes(fp)
     check_frame(ds, options.frame, max_frame_bytes)
     check_native_length(ds, options.frame)
-    fp.seek(0)
-    try:
-        if _is_deflated(ds):
-            # pixel_array(file) cannot seek inside a deflated stream: decode from a full read
-            # (its inflated size was bounded when the file was accepted).
-            arr = pixel_array(pydicom.dcmread(fp), index=options.frame)
-        else:
-            arr = _decode_frame(fp, options.frame)
-    except (MemoryError, RecursionError) as exc:
-        raise RenderError(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
-        raise
-    # Codecs raise many types on unsupported or corrupt input (NotImplementedError, RuntimeError,
-    # ValueError, struct.error...); Rust codecs (pylibjpeg-rle) panic with pyo3's PanicException,
-    # a BaseException. All of them mean the frame cannot be shown.
-    except BaseException as exc:  # noqa: BLE001
-        raise RenderError(_decode_failure(ds, exc)) from exc
+    arr = decode_frame(fp, ds, options.frame)
     try:
         image = to_display(arr, ds, options)
     except (RenderError, MemoryError):
@@ -161,7 +145,28 @@ def _is_deflated(ds: Dataset) -> bool:
     return str(ds.file_meta.get("TransferSyntaxUID", "")) == pydicom.uid.DeflatedExplicitVRLittleEndian
 
 
-def _read_attributes(fp: BinaryIO) -> Dataset:
+def decode_frame(fp: BinaryIO, ds: Dataset, frame: int) -> np.ndarray:
+    """Decode one frame (0-based) of the file whose header `ds` was read; every failure is a RenderError."""
+    fp.seek(0)
+    try:
+        if _is_deflated(ds):
+            # pixel_array(file) cannot seek inside a deflated stream: decode from a full read
+            # (its inflated size was bounded when the file was accepted).
+            return pixel_array(pydicom.dcmread(fp), index=frame)
+        return _decode_frame(fp, frame)
+    except (MemoryError, RecursionError) as exc:
+        raise RenderError(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    # Codecs raise many types on unsupported or corrupt input (NotImplementedError, RuntimeError,
+    # ValueError, struct.error...); Rust codecs (pylibjpeg-rle) panic with pyo3's PanicException,
+    # a BaseException. All of them mean the frame cannot be shown.
+    except BaseException as exc:  # noqa: BLE001
+        raise RenderError(_decode_failure(ds, exc)) from exc
+
+
+def read_attributes(fp: BinaryIO) -> Dataset:
+    """The header without pixel data (NoPixelData if there is none, RenderError if unreadable)."""
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -480,12 +485,12 @@ def format_from(params: Mapping[str, str], accept: str, default: str) -> str:
         return requested
     for part in (accept or "").split(","):
         media, *parameters = [piece.strip().lower() for piece in part.split(";")]
-        if media in MEDIA_TYPES and not any(_is_q_zero(p) for p in parameters):
+        if media in MEDIA_TYPES and not any(is_q_zero(p) for p in parameters):
             return MEDIA_TYPES[media]
     return default
 
 
-def _is_q_zero(parameter: str) -> bool:
+def is_q_zero(parameter: str) -> bool:
     """`q=0` (or 0.0, 0.000) marks a media type as not acceptable (RFC 9110 12.4.2)."""
     name, _, value = parameter.partition("=")
     if name.strip() != "q":

@@ -311,7 +311,7 @@ def parse_accept(header: str, *, default: str) -> list[Acceptable]:
         for piece in pieces[1:]:
             name, _, value = piece.partition("=")
             params[name.strip().lower()] = value.strip().strip('"')
-        if rendering._is_q_zero(f"q={params.get('q', '1')}"):
+        if rendering.is_q_zero(f"q={params.get('q', '1')}"):
             continue
         if media == "multipart/related":
             found.append(Acceptable(params.get("type", default).lower(), params.get("transfer-syntax"), True))
@@ -533,7 +533,7 @@ def _rendered_format(accept: str) -> str:
     offered = list(RENDERED_MEDIA_TYPES)
     for part in _split_outside_quotes(accept or "", ","):
         media, *parameters = [p.strip().lower() for p in part.split(";")]
-        if not media or any(rendering._is_q_zero(p) for p in parameters):
+        if not media or any(rendering.is_q_zero(p) for p in parameters):
             continue
         for candidate in ["image/jpeg", *offered]:
             if matches_type(media, candidate):

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 from ..api.views import BinaryNegotiation, ScopedUserThrottle, image_response
 from ..dicom import frames as frame_reader
 from ..dicom import rendering, web
+from ..imaging import open_stored
 from ..uploads import CHUNK_SIZE
 from . import qido, stow
 
@@ -198,10 +199,7 @@ def _frames_response(view: DicomWebView, instance, numbers: list[int] | None):
     accepts = web.parse_accept(view.request.META.get("HTTP_ACCEPT", ""), default="application/octet-stream")
     encoding = web.frame_encoding(accepts, instance.transfer_syntax_uid)
     numbers = numbers or list(range(1, max(instance.number_of_frames, 1) + 1))
-    try:
-        handle = instance.file.open("rb")
-    except OSError:
-        raise rendering.RenderError("the stored file is missing; an administrator has to restore it") from None
+    handle = open_stored(instance)
     try:
         frames = frame_reader.read_frames(handle, numbers, keep=encoding.keep, max_frame_bytes=settings.DICOM_MAX_FRAME_PIXELS)
         first = next(frames)  # every number is checked before the first frame: errors come before the response
@@ -232,11 +230,7 @@ class BulkDataView(DicomWebView):
         one = self.instances(study=study, series=series, instance=instance)[0]
         if steps == ["7FE00010"]:
             return _frames_response(self, one, None)
-        try:
-            handle = one.file.open("rb")
-        except OSError:
-            raise rendering.RenderError("the stored file is missing; an administrator has to restore it") from None
-        with handle:
+        with open_stored(one) as handle:
             content = frame_reader.bulk_value(handle, steps)
         if content is None:
             raise Http404

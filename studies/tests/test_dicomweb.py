@@ -663,3 +663,26 @@ def test_stow_without_content_length_reads_a_dechunked_body_or_asks_for_a_length
     )
     assert stored.status_code == 200, stored.content
     assert Instance.objects.filter(owner=owner).count() == 1
+
+
+def test_frame_a_codec_cannot_decode_is_422_but_still_served_as_stored(api):
+    from .test_hostile_input import rle_16bit_8x8
+
+    data = rle_16bit_8x8(bytes([0xC0, 0]))  # a run overrunning the segment: pylibjpeg-rle panics (a BaseException)
+    assert stow(api, [data]).status_code == 200
+    ds = pydicom.dcmread(io.BytesIO(data))
+    url = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1"
+    assert_error(api.get(url, HTTP_ACCEPT='multipart/related; type="application/octet-stream"'), 422, "cannot_render")
+    as_stored = api.get(url, HTTP_ACCEPT='multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    [(headers, _)] = multipart_parts(as_stored)
+    assert headers["Content-Type"].startswith("image/dicom-rle")
+
+
+def test_conversion_over_the_limit_is_406_and_the_stored_encoding_still_served(api, settings):
+    settings.DICOMWEB_MAX_CONVERT_BYTES = 10_000
+    data = with_uids(J2K_MULTIFRAME)
+    stow(api, [data])
+    study = pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID
+    assert_error(api.get(f"/dicomweb/studies/{study}", HTTP_ACCEPT='multipart/related; type="application/dicom"'), 406, "not_acceptable")
+    parts = multipart_parts(api.get(f"/dicomweb/studies/{study}", HTTP_ACCEPT='multipart/related; type="application/dicom"; transfer-syntax=*'))
+    assert parts[0][1][128:] == data[128:]
