@@ -232,7 +232,7 @@ DICOM_MAX_INFLATED_BYTES = env_int("DICOM_MAX_INFLATED_BYTES", 512 * 1024**2, mi
 REST_FRAMEWORK = {
     # Token first: unauthenticated API calls get 401 with `WWW-Authenticate: Token`.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "studies.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.BasicAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
@@ -282,6 +282,8 @@ else:
             "OPTIONS": {"MAX_ENTRIES": env_int("DICOM_RENDER_CACHE_ENTRIES", 2000, minimum=1)},
         }
     }
+# How long a token's user is remembered (studies/api/authentication.py); 0 looks it up on every request.
+DICOM_AUTH_CACHE_SECONDS = env_int("DICOM_AUTH_CACHE_SECONDS", 30, minimum=0)
 DICOM_RENDER_CACHE_SECONDS = env_int("DICOM_RENDER_CACHE_SECONDS", 7 * 24 * 3600, minimum=1)
 
 # --- logging -------------------------------------------------------------------------

@@ -7,3 +7,8 @@ class StudiesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "studies"
     verbose_name = "DICOM catalogue"
+
+    def ready(self) -> None:
+        from .api.authentication import connect_signals
+
+        connect_signals()
