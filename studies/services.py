@@ -57,7 +57,8 @@ def _ingest(owner, staged: StagedFile) -> IngestResult:
     if staged.size > settings.DICOM_MAX_UPLOAD_BYTES:
         raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
     try:
-        parsed = parse_dicom(staged.file, max_inflated_bytes=settings.DICOM_MAX_INFLATED_BYTES)
+        # The open file itself: tempfile's wrapper adds a Python call to each of pydicom's many small reads.
+        parsed = parse_dicom(getattr(staged.file, "file", staged.file), max_inflated_bytes=settings.DICOM_MAX_INFLATED_BYTES)
     except InvalidDicom as exc:
         raise InvalidUpload(str(exc)) from exc
     sha256 = staged.sha256
@@ -318,18 +319,21 @@ def _existing(owner, sha256: str, sop_instance_uid: str) -> IngestResult | None:
     One query for both keys: two separate queries would let a concurrent upload of the same
     bytes commit between them and turn a duplicate into a false conflict.
     """
+    # Ids and hashes only: a new file (the common case) then costs one narrow query, not a three-way join.
     matches = list(
-        Instance.objects.select_related("study", "series", "owner")
-        .filter(owner=owner)
-        .filter(Q(sha256=sha256) | Q(sop_instance_uid=sop_instance_uid))[:2]
+        Instance.objects.filter(owner=owner)
+        .filter(Q(sha256=sha256) | Q(sop_instance_uid=sop_instance_uid))
+        .values_list("id", "sha256")[:2]
     )
-    for match in matches:
-        if match.sha256 == sha256:
-            return IngestResult(instance=match, created=False)
-    if matches:
+    for match_id, match_sha256 in matches:
+        if match_sha256 == sha256:
+            match = Instance.objects.select_related("study", "series", "owner").filter(pk=match_id).first()
+            if match is not None:  # else deleted since: the caller stores the file as new
+                return IngestResult(instance=match, created=False)
+    if matches and matches[0][1] != sha256:
         raise Conflict(
             CONFLICT_MESSAGE,
-            id=str(matches[0].id),
+            id=str(matches[0][0]),
         )
     return None
 
@@ -343,37 +347,29 @@ def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: 
 
 def _study_and_series(owner, parsed: ParsedDicom) -> tuple[Study, Series]:
     """The owner's Study and Series for this file, created when new (inside the caller's transaction)."""
-    study, _ = Study.objects.get_or_create(
+    study = _locked(Study, owner=owner, study_instance_uid=parsed.study_instance_uid) or Study.objects.create(
         owner=owner,
         study_instance_uid=parsed.study_instance_uid,
-        defaults={
-            "patient_name": parsed.patient_name,
-            "patient_id": parsed.patient_id,
-            "patient_birth_date": parsed.patient_birth_date,
-            "patient_sex": parsed.patient_sex,
-            "study_date": parsed.study_date,
-            "study_time": parsed.study_time,
-            "study_id": parsed.study_id,
-            "accession_number": parsed.accession_number,
-            "study_description": parsed.study_description,
-            "referring_physician_name": parsed.referring_physician_name,
-        },
+        patient_name=parsed.patient_name,
+        patient_id=parsed.patient_id,
+        patient_birth_date=parsed.patient_birth_date,
+        patient_sex=parsed.patient_sex,
+        study_date=parsed.study_date,
+        study_time=parsed.study_time,
+        study_id=parsed.study_id,
+        accession_number=parsed.accession_number,
+        study_description=parsed.study_description,
+        referring_physician_name=parsed.referring_physician_name,
     )
-    series, _ = Series.objects.get_or_create(
+    series = _locked(Series, owner=owner, series_instance_uid=parsed.series_instance_uid) or Series.objects.create(
         owner=owner,
         series_instance_uid=parsed.series_instance_uid,
-        defaults={
-            "study": study,
-            "modality": parsed.modality,
-            "series_number": parsed.series_number,
-            "series_description": parsed.series_description,
-            "body_part_examined": parsed.body_part_examined,
-        },
+        study=study,
+        modality=parsed.modality,
+        series_number=parsed.series_number,
+        series_description=parsed.series_description,
+        body_part_examined=parsed.body_part_examined,
     )
-    # Hold the study and series until COMMIT (delete_instance locks them before deciding they are empty);
-    # if one was deleted meanwhile, the IntegrityError makes _store_and_catalogue try again.
-    if not (_lock(Study, study.pk, no_key=True) and _lock(Series, series.pk, no_key=True)):
-        raise IntegrityError("the study or series was deleted while this file was being catalogued")
     if series.study_id != study.id:
         raise Conflict(
             "this file's series is already in your catalogue under a different study",
@@ -419,6 +415,17 @@ def _new_instance(owner, parsed: ParsedDicom, instance_id, stored_name: str, stu
 
 def _unsigned(value: int | None, maximum: int = 2**31 - 1) -> int | None:
     return value if value is not None and 0 <= value <= maximum else None
+
+
+def _locked(model, **lookup):
+    """The row, held until COMMIT (SELECT ... FOR NO KEY UPDATE), or None.
+
+    Uploads joining a study or series hold it like this: delete_instance locks them before deciding
+    they are empty, so it waits for this transaction. A row created here instead is this
+    transaction's own; a concurrent upload creating the same one makes the INSERT raise
+    IntegrityError, and _store_and_catalogue tries again (then finding the row).
+    """
+    return model.objects.select_for_update(no_key=True).filter(**lookup).first()
 
 
 def _lock(model, pk, *, no_key: bool = False) -> bool:
