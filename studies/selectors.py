@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
@@ -56,6 +57,44 @@ def visible_instance(user, pk, *, fields: tuple[str, ...] | None = None) -> Inst
     if instance is None:
         raise Http404
     return instance
+
+
+class HeaderElement(KeyTransform):
+    """`header -> 'key'`, the key always a string: KeyTransform takes an all-digit key such as
+    "00100010" for an array index. Keys are tags.json_key values (8 hex digits)."""
+
+    def as_postgresql(self, compiler, connection):
+        lhs, params = compiler.compile(self.lhs)
+        return f"({lhs} -> %s)", (*params, self.key_name)
+
+    def as_sqlite(self, compiler, connection):
+        lhs, params = compiler.compile(self.lhs)
+        return f"JSON_EXTRACT({lhs}, %s)", (*params, f'$."{self.key_name}"')
+
+
+def with_header_elements(queryset: QuerySet[Instance], keys: tuple[str, ...]) -> QuerySet[Instance]:
+    """The queryset reading only these top-level elements of each header (tags.header_keys), not the
+    whole JSON: a lookup's cost no longer grows with the header (an enhanced multi-frame header runs to
+    megabytes). `partial_header(instance, keys)` gives them back as a header dict."""
+    return queryset.defer("header").annotate(**{f"_header_{i}": HeaderElement(key, "header") for i, key in enumerate(keys)})
+
+
+def partial_header(instance: Instance, keys: tuple[str, ...]) -> dict:
+    values = ((key, getattr(instance, f"_header_{i}")) for i, key in enumerate(keys))
+    return {key: value for key, value in values if isinstance(value, dict)}
+
+
+def visible_header(user, pk, keys: tuple[str, ...]) -> dict:
+    """The named top-level elements of a visible instance's header, or Http404 (as visible_instance)."""
+    if not (user and user.is_authenticated):
+        raise Http404
+    queryset = with_header_elements(Instance.objects.only("id", "owner_id"), keys)
+    instance = queryset.filter(pk=pk, owner=user).first()
+    if instance is None and can_view_all(user):
+        instance = queryset.filter(pk=pk).first()
+    if instance is None:
+        raise Http404
+    return partial_header(instance, keys)
 
 
 def instance_list(
@@ -136,9 +175,10 @@ def instances_of_series(series: Series) -> QuerySet[Instance]:
     return Instance.objects.filter(series=series).order_by("instance_number", "uploaded_at")
 
 
-def lookup_instances(user, *, instances=None, study=None, series=None) -> QuerySet[Instance]:
-    """The instances a bulk tag lookup reads (only id, UID and header), or Http404 if any is not visible."""
-    queryset = _scope(Instance.objects.only("id", "sop_instance_uid", "header", "instance_number"), user)
+def lookup_instances(user, *, keys: tuple[str, ...], instances=None, study=None, series=None) -> QuerySet[Instance]:
+    """The instances a bulk tag lookup reads (id, UID and the header elements `keys`; partial_header),
+    or Http404 if any is not visible."""
+    queryset = _scope(with_header_elements(Instance.objects.only("id", "sop_instance_uid", "instance_number"), keys), user)
     if instances is not None:
         wanted = set(instances)
         found = queryset.filter(pk__in=wanted)

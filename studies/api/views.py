@@ -279,8 +279,13 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
     )
     @action(detail=True, methods=["get"], url_path=r"tags/(?P<expr>[^/]+)", url_name="tag")
     def tag(self, request, pk=None, expr=None):
-        instance = self.get_object()
-        return Response(tags.lookup(instance.header, tags.parse_expression(expr)).as_dict())
+        try:
+            steps = tags.parse_expression(expr)
+        except tags.TagExpressionError:
+            self.get_object()  # someone else's instance answers 404 whatever the expression
+            raise
+        keys = tags.header_keys(steps)
+        return Response(tags.lookup(selectors.visible_header(request.user, pk, keys), steps).as_dict())
 
     @extend_schema(
         summary="Render a frame (PNG, JPEG or WebP)",
@@ -453,13 +458,16 @@ class TagLookupView(APIView):
         data = serializer.validated_data
         expressions = data["tags"]
         parsed = [tags.parse_expression(expr) for expr in expressions]
+        keys = tags.header_keys(*parsed)
         queryset = selectors.lookup_instances(
-            request.user, instances=data.get("instances"), study=data.get("study"), series=data.get("series")
+            request.user, keys=keys, instances=data.get("instances"), study=data.get("study"), series=data.get("series")
         )
         if queryset.count() > settings.DICOM_LOOKUP_MAX_INSTANCES:
             raise InvalidParameter(f"the lookup covers more than {settings.DICOM_LOOKUP_MAX_INSTANCES} instances; narrow it")
         rows = (
-            (inst, [_lookup_cell(inst.header, steps) for steps in parsed]) for inst in queryset.iterator(chunk_size=200)
+            (inst, [_lookup_cell(header, steps) for steps in parsed])
+            for inst in queryset.iterator(chunk_size=200)
+            for header in [selectors.partial_header(inst, keys)]
         )
         if _wants_csv(request):
             response = StreamingHttpResponse(_csv_lines(expressions, rows), content_type="text/csv; charset=utf-8")

@@ -139,6 +139,19 @@ def json_key(tag: int) -> str:
     return f"{tag:08X}"
 
 
+def header_keys(*paths: tuple[Step, ...]) -> tuple[str, ...]:
+    """The top-level header keys that `lookup` reads for these paths: each path's first element and,
+    for a private element at the top level, its private creator. Enough to fetch only those elements."""
+    keys: dict[str, None] = {}
+    for steps in paths:
+        first = steps[0].tag
+        keys[json_key(first)] = None
+        group, element = first >> 16, first & 0xFFFF
+        if len(steps) == 1 and group % 2 == 1 and element >= 0x1000:
+            keys[json_key((group << 16) | (element >> 8))] = None
+    return tuple(keys)
+
+
 def _private_creator(dataset: dict[str, Any], tag: int) -> str | None:
     group, element = tag >> 16, tag & 0xFFFF
     if group % 2 == 0 or element < 0x1000:

@@ -605,3 +605,74 @@ def test_delete_of_an_unknown_uuid_is_404_and_touches_nothing(api, uploaded, med
     assert_error(api.delete(f"/api/instances/{uuid.uuid4()}/"), 404, "not_found")
     assert Instance.objects.filter(pk=uploaded["id"]).exists()
     assert len(stored_files(media_root)) == 1
+
+
+# --- tag reads fetch only the elements they need -----------------------------------------
+
+
+def _private_and_nested_file() -> bytes:
+    """CT_small with an ACME private block in group 0009 and a 2-item ReferencedImageSequence."""
+    ds = pydicom.dcmread(CT_SMALL)
+    for element in list(ds.group_dataset(0x0009)):
+        del ds[element.tag]
+    ds.private_block(0x0009, "ACME 1.0", create=True).add_new(0x01, "LO", "secret")
+    items = []
+    for _ in range(2):
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = generate_uid()
+        items.append(item)
+    ds.ReferencedImageSequence = pydicom.Sequence(items)
+    ds.SOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+PARTIAL_EXPRESSIONS = [
+    "PatientName", "(0010,0010)", "ImageType[1]", "(0009,1001)", "00091001", "(0009,0010)",
+    "ReferencedImageSequence[1].ReferencedSOPInstanceUID", "(0008,1140)[0].(0008,1150)", "PixelData",
+    "Rows", "SOPInstanceUID", "TransferSyntaxUID",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("expr", PARTIAL_EXPRESSIONS)
+def test_a_tag_read_of_some_elements_answers_as_a_lookup_in_the_whole_header(api, expr):
+    from studies.dicom import tags
+
+    instance = put(api, _private_and_nested_file())
+    header = Instance.objects.get(pk=instance["id"]).header
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get(f"/api/instances/{instance['id']}/tags/{expr}/")
+    assert response.status_code == 200, response.content[:300]
+    assert response.json() == tags.lookup(header, tags.parse_expression(expr)).as_dict()
+    reads = [q["sql"] for q in queries.captured_queries if 'FROM "studies_instance"' in q["sql"]]
+    column = '"studies_instance"."header"'
+    element_reads = (f"JSON_EXTRACT({column},", f"({column} ->")  # SQLite, PostgreSQL
+    assert reads and not any(column in _without(sql, element_reads) for sql in reads)
+
+
+def _without(text: str, parts: tuple[str, ...]) -> str:
+    for part in parts:
+        text = text.replace(part, "")
+    return text
+
+
+def test_the_private_tag_answer_names_its_creator_and_a_missing_element_is_404(api):
+    instance = put(api, _private_and_nested_file())
+    body = api.get(f"/api/instances/{instance['id']}/tags/(0009,1001)/").json()
+    assert body["private_creator"] == "ACME 1.0" and body["value"] == "secret"
+    assert_error(api.get(f"/api/instances/{instance['id']}/tags/(0009,1002)/"), 404, "element_not_found")
+    assert_error(api.get(f"/api/instances/{instance['id']}/tags/ReferencedImageSequence[2].ReferencedSOPInstanceUID/"), 404, "element_not_found")
+
+
+def test_the_bulk_lookup_reads_the_same_values_as_the_whole_header(api):
+    from studies.dicom import tags
+
+    first, second = put(api, _private_and_nested_file()), put(api, _private_and_nested_file())
+    response = api.post("/api/tags/lookup/", {"instances": [first["id"], second["id"]], "tags": PARTIAL_EXPRESSIONS}, format="json")
+    assert response.status_code == 200, response.content[:300]
+    for row in response.json()["results"]:
+        header = Instance.objects.get(pk=row["id"]).header
+        for expr in PARTIAL_EXPRESSIONS:
+            assert row["values"][expr] == tags.lookup_value(header, tags.parse_expression(expr)), expr

@@ -409,3 +409,17 @@ def test_header_rows_search_text_holds_both_tag_spellings_keyword_and_value(ct_h
     row = next(row for row in tags.header_rows(ct_header) if row.tag == "(0010,0010)")
     for needle in ("(0010,0010)", "00100010", "patientname", "patient's name", "compressedsamples^ct1"):
         assert needle in row.search_text
+
+
+@pytest.mark.parametrize(
+    ("exprs", "keys"),
+    [
+        (["PatientName"], ("00100010",)),
+        (["(0009,1001)"], ("00091001", "00090010")),  # a private element brings its creator
+        (["(0009,0010)"], ("00090010",)),
+        (["ReferencedImageSequence[0].(0009,1001)"], ("00081140",)),  # nested creators are inside the item
+        (["PatientName", "(0010,0010)", "Rows"], ("00100010", "00280010")),
+    ],
+)
+def test_header_keys_are_what_a_lookup_reads(exprs, keys):
+    assert tags.header_keys(*[tags.parse_expression(e) for e in exprs]) == keys
