@@ -29,7 +29,9 @@ End to end (everything started here is stopped in a `finally`, by process group;
      Result counts are checked. The payloads are not equivalent: the service returns a page of serialized
      rows (default page size 50, plus a COUNT), Orthanc's /tools/find returns bare IDs (and for the
      patient-ID query all of them, no limit). An extra row with "Expand": true on Orthanc (main DICOM tags
-     per instance) is printed as a closer match for the name search.
+     per instance) is printed as a closer match for the name search;
+   - floor: n requests of each server's cheapest answer, service `GET /healthz` (no login, no query: the
+     gunicorn + Django middleware floor every API request starts from) vs Orthanc `GET /system`.
 
 Output: machine info, the exact command, one table (row, service, orthanc, ratio = service/orthanc and which
 direction is better per row), and JSON in --json: {"rows": [{"row","service","orthanc","ratio","unit",
@@ -344,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         reqs = [Req("POST", "/tools/find", json.dumps({"Level": "Instance", "Query": {"PatientID": PATIENTS[k][1]}}).encode(),
                     check=check_orthanc_find(per_patient[k])) for k in order]  # fmt: skip
         m["orth_pid"] = run(Measure("patient_id", "orthanc", 'POST /tools/find {"PatientID":"<id>"}'), orthanc.client, reqs, clients)
+
+        # ---------------- the floor: each server's cheapest request, same clients (what a lookup cannot go below)
+        log(f"floor: {n} requests each")
+        m["svc_floor"] = run(Measure("floor", "service", "GET /healthz (no login, no query)"), service.client, [Req("GET", "/healthz")] * n, clients)
+        m["orth_floor"] = run(Measure("floor", "orthanc", "GET /system"), orthanc.client, [Req("GET", "/system")] * n, clients)
         log(f"measured ({time.monotonic() - t_start:.0f}s since start)")
     finally:
         service_log = service.proc.log_tail(40) if service.proc else ""
@@ -376,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         ("search by name p50 (50 rows vs 50 IDs)", "svc_search", "orth_search", "p50", "ms", "lower"),
         ("search by name p50 (Orthanc Expand:true)", "svc_search", "orth_search_expand", "p50", "ms", "lower"),
         ("list by patient ID p50", "svc_pid", "orth_pid", "p50", "ms", "lower"),
+        ("floor: /healthz vs /system p50 (no auth, no lookup)", "svc_floor", "orth_floor", "p50", "ms", "lower"),
     ]
     rows = []
     for label, sk, ok_, stat, unit, better in spec:
