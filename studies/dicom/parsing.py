@@ -456,6 +456,67 @@ RAW_JSON_VRS = TEXT_VRS | {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
 NUMBER_VRS = frozenset({"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})  # JSON numbers
 
 
+# What pydicom's converters do to the common VRs, for little-endian values without ISO 2022 escapes
+# (config.datetime_conversion off, DS as float). Anything else raises _NotQuick and goes through pydicom.
+_STRUCT = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+_STRUCT_SIZE = {vr: struct.calcsize("<" + code) for vr, code in _STRUCT.items()}
+_MULTI_STRING_VRS = frozenset({"AS", "CS", "DA", "DT", "TM", "UI", "DS", "IS"})  # rstrip " \0", then split
+_SPLIT_TEXT_VRS = frozenset({"SH", "LO", "UC"})  # charset; each value rstrip "\0 "
+_SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})  # charset; one value, rstrip "\0 "
+
+
+class _NotQuick(Exception):
+    pass
+
+
+def _quick_values(vr: str, raw: RawDataElement, encodings) -> list:
+    """The element's values as pydicom's convert_value + convert_to_python_number would give them
+    (the list _raw_json builds), for the VRs most of a header is made of, or _NotQuick."""
+    data = raw.value
+    if not raw.is_little_endian or not isinstance(data, bytes):
+        raise _NotQuick
+    if not data:
+        return []
+    if vr in _STRUCT:
+        size = _STRUCT_SIZE[vr]
+        if len(data) % size:
+            raise _NotQuick
+        return list(struct.unpack(f"<{len(data) // size}{_STRUCT[vr]}", data))
+    if b"\x1b" in data:
+        raise _NotQuick  # ISO 2022 escape sequences: pydicom's decoder
+    if vr in _MULTI_STRING_VRS:
+        items = data.decode("latin-1").rstrip(" \x00").split("\\")
+        if len(items) == 1 and not items[0].strip(" "):
+            return []  # a single blank value is an empty element (DS("") and IS("") stay "")
+        if vr == "DS":
+            return [_number(float, item) for item in items]
+        if vr == "IS":
+            return [_number(int, item) for item in items]
+        return items if items != [""] else []
+    if vr == "AE":
+        items = [item.strip() for item in data.decode("latin-1").split("\\")]
+        return items if items != [""] else []
+    if vr in _SPLIT_TEXT_VRS or vr in _SINGLE_TEXT_VRS:
+        if len(encodings) != 1:
+            raise _NotQuick
+        try:
+            text = data.decode(encodings[0])
+        except (LookupError, UnicodeError) as exc:
+            raise _NotQuick from exc
+        items = [text.rstrip("\x00 ")] if vr in _SINGLE_TEXT_VRS else [item.rstrip("\x00 ") for item in text.split("\\")]
+        return items if items != [""] else []
+    raise _NotQuick
+
+
+def _number(kind, item: str):
+    if not item.strip(" "):
+        raise _NotQuick  # a blank value among several: pydicom's conversion decides
+    try:
+        return kind(item)
+    except ValueError as exc:
+        raise _NotQuick from exc
+
+
 def _raw_json(raw: RawDataElement, encodings) -> dict[str, Any]:
     """The DICOM JSON of an element still in its raw form, as DataElement.to_json_dict would give it,
     without building the DataElement (which costs most of a header's conversion time: about half
@@ -463,6 +524,13 @@ def _raw_json(raw: RawDataElement, encodings) -> dict[str, Any]:
     caller falls back to pydicom's own conversion; test_dicom_parsing checks the two agree on every
     test file."""
     vr = raw.VR
+    if vr != "PN":
+        try:
+            values = _quick_values(vr, raw, encodings)
+        except _NotQuick:
+            pass
+        else:
+            return {"vr": vr, "Value": [_clean(v) for v in values]} if values else {"vr": vr}
     value = convert_value(vr, raw, encodings)
     if isinstance(value, (MultiValue, list)):
         values = list(value)

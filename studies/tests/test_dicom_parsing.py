@@ -515,3 +515,48 @@ def test_raw_json_fast_path_cleans_text_and_summarises_long_values():
     header = parsing.dataset_to_json(ds)
     assert header["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "BadName", "Ideographic": "Ideo"}]}
     assert header["00081030"]["BulkData"] == {"length": 70_000}  # written as UN: too long for LO's 16-bit length
+
+
+ODD_VALUES = {
+    "DS": ["1", " 2.5", "1e3", "-0", "+5", "5.", ".5", "NaN", "1e400", "", "  ", "1\\", "\\2", "1\\\\2", "x", "1\\ 2 "],
+    "IS": ["1", " 2", "+3", "-0", "1.0", "", "1\\", "x", "2\\ 3", "99999999999"],
+    "CS": ["A ", " B", "A\\B ", "", "  ", "A\\\\", "\tX"],
+    "UI": ["1.2.3\x00", "1.2 ", "1.2\\3.4\x00", "\x00"],
+    "AE": [" AE ", "A\\ B ", "  ", "A\x00"],
+    "DA": ["20200101", "2020.01.01", "20200101\\20210101", " "],
+    "TM": ["120000.5 ", "12\\13"],
+    "SH": ["Ünïcode ", "a\\b\x00", "\\", "x\x00\x00"],
+    "LO": ["déjà vu\\  ", "  lead"],
+    "LT": ["line\\with\\backslashes  ", "\x00\x00"],
+    "UT": ["tail \x00", ""],
+    "US": [b"\x01\x00\x02\x00", b"\x01\x00\x02"],
+    "FL": [b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x3f\x00\x00\x00\x40"],
+    "FD": [b"\x00\x00\x00\x00\x00\x00\xf0\x7f", b"\x01"],
+}
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6\\ISO 2022 IR 87"])
+def test_the_quick_value_path_agrees_with_pydicom_on_odd_values(monkeypatch, charset):
+    """Padding, blanks, backslashes, NUL, non-ASCII text, unparseable numbers, short binary values:
+    the quick converter gives what pydicom gives, or leaves the element to pydicom."""
+    from pydicom.dataelem import RawDataElement
+
+    def build() -> pydicom.Dataset:  # afresh for each pass: a failed conversion changes the data set
+        ds = pydicom.Dataset()
+        if charset:
+            ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
+        encodings = pydicom.charset.convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
+        tag = 0x00091010
+        for vr, values in ODD_VALUES.items():
+            for value in values:
+                text_encoding = encodings[0] if vr in ("SH", "LO", "LT", "UT") else "latin-1"
+                data = value if isinstance(value, bytes) else value.encode(text_encoding, "replace")
+                ds[tag] = RawDataElement(pydicom.tag.Tag(tag), vr, len(data), data, 0, False, True)
+                tag += 1
+        return ds
+
+    quick = parsing.dataset_to_json(build())
+    with monkeypatch.context() as patched:
+        patched.setattr(parsing, "RAW_JSON_VRS", frozenset())
+        reference = parsing.dataset_to_json(build())
+    assert json.dumps(quick, sort_keys=True) == json.dumps(reference, sort_keys=True)
