@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -63,7 +65,21 @@ def _cached_link(context: dict, view_name: str, pk) -> str:
     return f"{parts[0]}{pk}{parts[1]}"
 
 
-class InstanceSerializer(serializers.ModelSerializer):
+class BuiltOnceFields:
+    """ModelSerializer.get_fields() introspects the model and builds every field on each instantiation
+    (1.6 ms of a 2.8 ms single-instance answer here); the result depends only on the class, so it is built
+    once per class and deep-copied, as DRF itself copies declared fields."""
+
+    _built: dict[type, dict] = {}
+
+    def get_fields(self):
+        built = BuiltOnceFields._built.get(type(self))
+        if built is None:
+            built = BuiltOnceFields._built[type(self)] = super().get_fields()
+        return copy.deepcopy(built)
+
+
+class InstanceSerializer(BuiltOnceFields, serializers.ModelSerializer):
     """Catalogue metadata of one instance, with where it is stored and links to its resources."""
 
     url = serializers.HyperlinkedIdentityField(view_name="instance-detail")
