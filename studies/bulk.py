@@ -33,6 +33,11 @@ IN_FLIGHT_PER_WORKER = 4
 # Files catalogued per transaction by import_dicom (one duplicate lookup, one bulk insert): measured
 # with bench/import_bench.py, the per-file transaction was the import's bottleneck.
 BATCH_SIZE = 50
+# Files handed to the workers ahead of the one being waited for. At least two batches: while the main
+# process stores and catalogues one batch, the workers prepare the next (with only a few files ahead they
+# sat idle half the time while the main process catalogued, and it waited for them the other half:
+# bench/import_bench.py --py-spy). Bounded, so memory does not grow with the number of files.
+IN_FLIGHT = 2 * BATCH_SIZE
 STATUSES = ("created", "duplicate", "conflict", "refused", "skipped")
 
 
@@ -112,7 +117,7 @@ def _prepared(found: Iterator, prepare, workers: int) -> Iterator:
         try:
             for item in found:
                 pending.append(pool.submit(prepare, item) if isinstance(item, sources.Source) else item)
-                while len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                while len(pending) >= max(workers * IN_FLIGHT_PER_WORKER, IN_FLIGHT):
                     yield _take(pending)
             while pending:
                 yield _take(pending)
