@@ -52,6 +52,11 @@ def visible_instance(user, pk, *, fields: tuple[str, ...] | None = None) -> Inst
         raise Http404
     # Without named fields: the row for the serializers, minus the header JSON (~12 KB for a CT) none of them shows.
     queryset = Instance.objects.only(*fields) if fields else Instance.objects.select_related("owner", "study", "series").defer("header")
+    return _first_visible(queryset, user, pk)
+
+
+def _first_visible(queryset: QuerySet[Instance], user, pk) -> Instance:
+    """The owner's row first (one query, no permission lookups), else any owner's for view_all, else Http404."""
     instance = queryset.filter(pk=pk, owner=user).first()
     if instance is None and can_view_all(user):
         instance = queryset.filter(pk=pk).first()
@@ -90,12 +95,7 @@ def visible_header(user, pk, keys: tuple[str, ...]) -> dict:
     if not (user and user.is_authenticated):
         raise Http404
     queryset = with_header_elements(Instance.objects.only("id", "owner_id"), keys)
-    instance = queryset.filter(pk=pk, owner=user).first()
-    if instance is None and can_view_all(user):
-        instance = queryset.filter(pk=pk).first()
-    if instance is None:
-        raise Http404
-    return partial_header(instance, keys)
+    return partial_header(_first_visible(queryset, user, pk), keys)
 
 
 def instance_list(
