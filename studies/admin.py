@@ -19,9 +19,9 @@ from pydicom.uid import UID
 
 from . import selectors, services
 from .dicom import rendering, tags
-from .errors import Conflict, ServiceError
 from .models import AuditEvent, Instance, Series, Study
-from .uploads import stage_stream
+from .outcome import Outcome, counts as status_counts
+from .uploads import as_staged
 
 THUMBNAIL_CSS_PX = 64
 
@@ -209,19 +209,19 @@ class InstanceAdmin(OwnerScopedAdmin):
         """Upload one or many files through the ingest service and report each file's outcome."""
         if not self.has_module_permission(request):
             raise PermissionDenied
-        results = []
+        outcomes = []
         if request.method == "POST":
             files = request.FILES.getlist("files")
             if not files:
                 self.message_user(request, "Choose at least one file.", messages.ERROR)
             for upload in files:
-                results.append(_ingest_one(request.user, upload))
+                outcomes.append(services.ingest(owner=request.user, staged=as_staged(upload), label=upload.name))
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Upload DICOM files",
-            "results": results,
-            "counts": {status: sum(1 for r in results if r["status"] == status) for status in ("created", "duplicate", "conflict", "refused")},
+            "results": [admin_row(o) for o in outcomes],
+            "counts": status_counts(outcomes),
         }
         return TemplateResponse(request, "admin/studies/instance/upload.html", context)
 
@@ -242,24 +242,16 @@ class InstanceAdmin(OwnerScopedAdmin):
         return super().change_view(request, object_id, form_url, extra)
 
 
-def _ingest_one(user, upload) -> dict:
-    result = {"filename": upload.name, "status": "refused", "id": None, "error": "", "url": ""}
-    try:
-        staged = stage_stream(upload, upload.name)
-        if staged.size == 0:
-            staged.close()
-            result["error"] = "the file is empty"
-            return result
-        outcome = services.ingest_instance(owner=user, staged=staged)
-    except Conflict as exc:
-        result.update(status="conflict", error=str(exc), id=exc.extra.get("id"))
-    except ServiceError as exc:
-        result["error"] = str(exc)
+def admin_row(outcome: Outcome) -> dict:
+    """The admin upload page's row for one file: the report row plus a link to what it names."""
+    row = outcome.report_row()
+    if outcome.object_id and outcome.object_type == "instance":
+        row["url"] = reverse("admin:studies_instance_change", args=[outcome.object_id])
+    elif outcome.object_id and outcome.object_type == "series":
+        row["url"] = reverse("admin:studies_series_change", args=[outcome.object_id])
     else:
-        result.update(status="created" if outcome.created else "duplicate", id=str(outcome.instance.pk))
-    if result["id"]:
-        result["url"] = reverse("admin:studies_instance_change", args=[result["id"]])
-    return result
+        row["url"] = ""
+    return row
 
 
 def _first_image(**match):

@@ -3,8 +3,8 @@
     python manage.py storescp --port 11112 --ae-title DICOMSITE --owner alice
 
 Every instance a modality (or `storescu`) sends goes through the same ingest service as an API
-upload, for one owner. Each C-STORE gets a DIMSE status, and the association stays up whatever
-happens to one file:
+upload, for one owner. Each C-STORE gets a DIMSE status (`DIMSE_STATUS`, keyed by the ingest
+outcome's reason), and the association stays up whatever happens to one file:
 
 | outcome                                    | DIMSE status | PS3.4 B.2.3 meaning              | audit status |
 |--------------------------------------------|--------------|----------------------------------|--------------|
@@ -14,6 +14,8 @@ happens to one file:
 | storage full or failing                    | 0xA700       | Refused: Out of Resources        | 503          |
 | not a DICOM file the catalogue can hold    | 0xC000       | Error: Cannot understand         | 400          |
 | same SOP Instance UID, different bytes     | 0xC409       | Error: Cannot understand (C409)  | 409          |
+| its series is stored under another study   | 0xC409       | Error: Cannot understand (C409)  | 409          |
+| catalogue busy (concurrent writers; resend)| 0xA700       | Refused: Out of Resources        | 409          |
 | unexpected server error (logged)           | 0xC500       | Error: Cannot understand (C500)  | 500          |
 
 The low byte of a Cxxx code is ours to choose (PS3.4 B.2.3); 0xC409 and 0xC500 echo the HTTP status
@@ -66,7 +68,9 @@ from pynetdicom.sop_class import Verification
 
 from . import services
 from .audit import request_id_var
-from .errors import Conflict, ServiceError, StorageFailure, UploadTooLarge
+from .errors import ServiceError, UploadTooLarge
+from .http.status import HTTP_STATUS
+from .outcome import Outcome, Reason
 from .models import AuditEvent
 from .uploads import CHUNK_SIZE, stage_stream
 
@@ -105,7 +109,7 @@ ERROR_COMMENT_LENGTH = 64  # Error Comment is LO
 
 
 @dataclass(frozen=True)
-class StoreOutcome:
+class StoreAnswer:
     """What one C-STORE came to: the DIMSE status, the audit trail's status, a word for the log
     (created, duplicate, or the service's error code), the object concerned (the stored instance,
     or what a conflict is with) and the Error Comment for the peer."""
@@ -227,7 +231,7 @@ def handle_store(event, owner, sessions: _Sessions):
             outcome = _store(event, owner)
         except Exception:  # noqa: BLE001 - last resort; pynetdicom would answer 0xC211 and log in its own words
             logger.exception("dimse c-store failed calling_ae=%s", calling_ae)
-            outcome = StoreOutcome(PROCESSING_ERROR, 500, "server_error", comment="internal error")
+            outcome = StoreAnswer(PROCESSING_ERROR, 500, "server_error", comment="internal error")
         _audit(event, owner, outcome)
         logger.info(
             "dimse c-store %s status=0x%04X id=%s size=%d calling_ae=%s",
@@ -240,25 +244,39 @@ def handle_store(event, owner, sessions: _Sessions):
         connections.close_all()
 
 
-def _store(event, owner) -> StoreOutcome:
+# Each ingest outcome in DIMSE terms (PS3.4 B.2.3): (Status, Error Comment; None = the refusal's own sentence).
+DIMSE_STATUS: dict[Reason, tuple[int, str | None]] = {
+    Reason.STORED: (SUCCESS, ""),
+    Reason.SAME_BYTES: (SUCCESS, ""),
+    Reason.SAME_UID: (CONFLICT, "SOP Instance UID already stored with other content"),
+    Reason.SERIES_IN_OTHER_STUDY: (CONFLICT, "Series Instance UID already stored under another study"),
+    Reason.CATALOGUE_BUSY: (OUT_OF_RESOURCES, "catalogue busy; send it again"),
+    Reason.INVALID: (CANNOT_UNDERSTAND, None),
+    Reason.UNREADABLE: (CANNOT_UNDERSTAND, None),
+    Reason.WRONG_STUDY: (CANNOT_UNDERSTAND, None),
+    Reason.NOT_AN_INSTANCE: (CANNOT_UNDERSTAND, None),
+    Reason.TOO_LARGE: (OUT_OF_RESOURCES, "larger than this server accepts"),
+    Reason.STORAGE_FAILED: (OUT_OF_RESOURCES, "storage unavailable"),
+}
+
+
+def store_answer(outcome: Outcome) -> StoreAnswer:
+    """The DIMSE answer (and audit status, from the HTTP table) for one ingest outcome."""
+    status, comment = DIMSE_STATUS[outcome.reason]
+    word = str(outcome.status) if outcome.stored else (outcome.error.code if outcome.error else str(outcome.reason))
+    return StoreAnswer(
+        status, HTTP_STATUS[outcome.reason], word, outcome.object_id or "", outcome.object_type,
+        outcome.message if comment is None else comment, outcome.size,
+    )
+
+
+def _store(event, owner) -> StoreAnswer:
     size = _received_size(event)
     try:
-        result = services.ingest_instance(owner=owner, staged=_stage(event, size))
-    except UploadTooLarge as exc:
-        return StoreOutcome(OUT_OF_RESOURCES, exc.status, exc.code, comment="larger than this server accepts", size=size)
-    except StorageFailure as exc:
-        return StoreOutcome(OUT_OF_RESOURCES, exc.status, exc.code, comment="storage unavailable", size=size)
-    except Conflict as exc:
-        if exc.extra.get("reason") == "series_in_other_study":
-            comment = "Series Instance UID already stored under another study"
-            return StoreOutcome(CONFLICT, exc.status, exc.code, str(exc.extra.get("series", "")), "series", comment, size)
-        comment = "SOP Instance UID already stored with other content"
-        return StoreOutcome(CONFLICT, exc.status, exc.code, str(exc.extra.get("id", "")), comment=comment, size=size)
-    except ServiceError as exc:  # InvalidUpload, and any other refusal the service may add
-        return StoreOutcome(CANNOT_UNDERSTAND, exc.status, exc.code, comment=exc.message, size=size)
-    instance = result.instance
-    status, name = (201, "created") if result.created else (200, "duplicate")
-    return StoreOutcome(SUCCESS, status, name, str(instance.pk), size=instance.size)
+        staged = _stage(event, size)
+    except ServiceError as exc:  # larger than the limit: refused before copying anything
+        return store_answer(services.refusal(exc, size=size))
+    return store_answer(services.ingest(owner=owner, staged=staged, label=""))
 
 
 def _received_size(event) -> int:
@@ -298,7 +316,7 @@ class _Chained:
         return b""
 
 
-def _status(outcome: StoreOutcome) -> Dataset:
+def _status(outcome: StoreAnswer) -> Dataset:
     status = Dataset()
     status.Status = outcome.status
     if outcome.status != SUCCESS and outcome.comment:
@@ -312,7 +330,7 @@ def _error_comment(text: str) -> str:
     return cleaned[:ERROR_COMMENT_LENGTH].strip()
 
 
-def _audit(event, owner, outcome: StoreOutcome) -> None:
+def _audit(event, owner, outcome: StoreAnswer) -> None:
     try:
         AuditEvent.objects.create(
             user=owner,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .outcome import Reason
+
 
 class ServiceError(Exception):
     """A refusal with a machine code, an HTTP status and a human sentence."""
 
     status = 400
     code = "invalid"
+    reason = Reason.INVALID  # what an ingest refusal with this error is, for every channel's table
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -34,6 +37,7 @@ class UploadTooLarge(ServiceError):
 
     status = 413
     code = "too_large"
+    reason = Reason.TOO_LARGE
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"the upload is larger than the limit of {limit} bytes", limit=limit)
@@ -44,6 +48,19 @@ class Conflict(ServiceError):
 
     status = 409
     code = "conflict"
+    reason = Reason.SAME_UID
+
+
+class SeriesConflict(Conflict):
+    """The file's series is already catalogued under another study of the owner's."""
+
+    reason = Reason.SERIES_IN_OTHER_STUDY
+
+
+class CatalogueBusy(Conflict):
+    """Concurrent writers kept changing the study/series the file joins; the client may try again."""
+
+    reason = Reason.CATALOGUE_BUSY
 
 
 class InvalidParameter(ServiceError):
@@ -57,3 +74,4 @@ class StorageFailure(ServiceError):
 
     status = 503
     code = "storage_unavailable"
+    reason = Reason.STORAGE_FAILED

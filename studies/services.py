@@ -1,16 +1,18 @@
-"""Writes to the catalogue: ingest one DICOM file, delete an instance.
+"""Writes to the catalogue: ingest DICOM files, delete an instance.
 
-Every way in (API upload, admin, `import_dicom`, later DICOMweb and C-STORE) calls
-`ingest_instance`; every delete goes through `delete_instance`. Logs carry ids, sizes and
+Every way in (REST upload, bulk upload, admin, DICOMweb STOW-RS, C-STORE) calls `ingest()`;
+`import_dicom` calls `ingest_batch()`. Both answer with `outcome.Outcome`, one per file. Every
+delete goes through `delete_instance`. Logs carry ids, sizes and
 hashes only, never patient data or client filenames.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.core.files import File
@@ -19,8 +21,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from .dicom.parsing import PREAMBLE_LENGTH, InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
-from .errors import Conflict, InvalidUpload, ServiceError, StorageFailure, UploadTooLarge
+from .errors import CatalogueBusy, Conflict, InvalidUpload, SeriesConflict, ServiceError, StorageFailure, UploadTooLarge
 from .models import Instance, Series, Study, instance_file_key
+from .outcome import Outcome, Reason
 from .uploads import StagedFile
 
 logger = logging.getLogger(__name__)
@@ -31,29 +34,48 @@ MAX_ATTEMPTS = 3
 CONFLICT_MESSAGE = "an instance with this SOP Instance UID but different content is already in your catalogue"
 
 
-@dataclass(frozen=True)
-class IngestResult:
-    """The catalogued instance and whether this call created it (False: identical bytes were already there)."""
+def ingest(*, owner, staged: StagedFile, label: str | None = None) -> Outcome:
+    """Validate, store and catalogue one staged file for `owner`; the one way in for single files.
 
-    instance: Instance
-    created: bool
-
-
-def ingest_instance(*, owner, staged: StagedFile) -> IngestResult:
-    """Validate, store and catalogue one staged file for `owner`.
-
-    Same owner + same bytes → the existing instance (created=False), nothing stored twice.
-    Same owner + same SOP Instance UID with other bytes → Conflict. Refused input → InvalidUpload.
-    The stored file is removed again if the catalogue transaction does not commit. The staged
-    file is consumed: it is closed (and its temporary file removed) before this returns.
+    Same owner + same bytes → duplicate (the existing instance), nothing stored twice. Same owner +
+    same SOP Instance UID with other bytes → conflict. Anything the catalogue cannot hold → refused,
+    with the reason. Never raises for the file's own problems: every channel maps the Outcome to its
+    own terms. The stored file is removed again if the catalogue transaction does not commit. The
+    staged file is consumed: it is closed (and its temporary file removed) before this returns.
     """
+    label = staged.original_name if label is None else label
+    size = staged.size
     try:
-        return _ingest(owner, staged)
+        if size == 0:
+            raise InvalidUpload("the file is empty")
+        instance, created = _ingest(owner, staged)
+    except ServiceError as exc:
+        return refusal(exc, label=label, size=size)
     finally:
         staged.close()
+    return _stored(instance, created, label=label, size=size)
 
 
-def _ingest(owner, staged: StagedFile) -> IngestResult:
+def refusal(exc: ServiceError, *, label: str = "", size: int = 0) -> Outcome:
+    """The Outcome of a file the service refused (or found in conflict) with `exc`."""
+    series = exc.extra.get("series")
+    return Outcome(
+        exc.reason,
+        exc.message,
+        object_id=exc.extra.get("id") or series,
+        object_type="series" if series else "instance",
+        label=label,
+        size=size,
+        error=exc,
+    )
+
+
+def _stored(instance: Instance, created: bool, *, label: str, size: int) -> Outcome:
+    reason = Reason.STORED if created else Reason.SAME_BYTES
+    return Outcome(reason, instance=instance, object_id=str(instance.pk), label=label, size=size)
+
+
+def _ingest(owner, staged: StagedFile) -> tuple[Instance, bool]:
     if staged.size > settings.DICOM_MAX_UPLOAD_BYTES:
         raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
     try:
@@ -70,42 +92,54 @@ def _ingest(owner, staged: StagedFile) -> IngestResult:
     return _store_and_catalogue(owner, parsed, staged, sha256=sha256, size=staged.size, original_name=staged.original_name)
 
 
-def ingest_prepared(*, owner, path, sha256: str, size: int, parsed: ParsedDicom, original_name: str = "") -> IngestResult:
-    """Store and catalogue a file that was already validated and hashed elsewhere (bulk import workers).
+def _ingest_prepared(owner, item) -> tuple[Instance, bool]:
+    """Store and catalogue one file already validated and hashed by an import worker (a sources.Prepared).
 
-    The file at `path` is copied (never moved or changed) with a zeroed preamble; its bytes are
+    The file at `item.path` is copied (never moved or changed) with a zeroed preamble; its bytes are
     hashed again while copying, so a file that changed after it was checked is refused, not stored.
     """
-    if size > settings.DICOM_MAX_UPLOAD_BYTES:
+    if item.size > settings.DICOM_MAX_UPLOAD_BYTES:
         raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
-    existing = _existing(owner, sha256, parsed.sop_instance_uid)
+    existing = _existing(owner, item.sha256, item.parsed.sop_instance_uid)
     if existing is not None:
         return existing
-    with _source_copy(path, size) as (content, reader):
+    with _source_copy(item.path, item.size) as (content, reader):
         return _store_and_catalogue(
-            owner, parsed, content, sha256=sha256, size=size, original_name=original_name, verify=reader
+            owner, item.parsed, content, sha256=item.sha256, size=item.size,
+            original_name=os.path.basename(item.label), verify=reader,
         )
 
 
 @dataclass(frozen=True)
-class BatchOutcome:
-    """What happened to one file of a batch: created / duplicate / conflict / refused."""
+class _SameAs:
+    """A batch file whose answer is that of an earlier file of the same batch (settled after commit)."""
 
-    status: str
-    id: str | None = None
-    error: str = ""
+    index: int
+    reason: Reason
 
 
-def ingest_prepared_batch(*, owner, files: list) -> list[BatchOutcome]:
-    """Store and catalogue many checked files (each with path, sha256, size, parsed, original_name)
-    in one transaction: one lookup for duplicates and conflicts, one bulk insert.
+def ingest_batch(*, owner, files: list, dry_run: bool = False, planned: dict[str, set] | None = None) -> list[Outcome]:
+    """Store and catalogue many checked files (sources.Prepared: label, path, sha256, size, parsed)
+    in one transaction: one lookup for duplicates and conflicts, one bulk insert; one Outcome each.
 
     The rules are those of a single upload, also between files of the same batch. Stored copies
     are removed unless the transaction commits. If a concurrent writer gets in the way (a unique
     constraint fires), the batch falls back to one file at a time, which settles each race.
+
+    `dry_run` stores nothing and answers with the same classification ("created" means it would
+    be); `planned` carries the hashes and UIDs of earlier dry-run batches ({"sha256", "uid"} sets),
+    which this call extends, so a whole dry run answers as the real run would.
     """
-    outcomes: list[BatchOutcome | None] = [None] * len(files)
-    fresh = _classify_batch(owner, files, outcomes)
+    outcomes: list = [None] * len(files)
+    fresh = _classify_batch(owner, files, outcomes, planned or {})
+    if dry_run:
+        for index in fresh:
+            item = files[index]
+            outcomes[index] = Outcome(Reason.STORED, label=item.label, size=item.size)
+            if planned is not None:
+                planned.setdefault("sha256", set()).add(item.sha256)
+                planned.setdefault("uid", set()).add(item.parsed.sop_instance_uid)
+        return _settle(files, outcomes)
     stored: dict[int, tuple[uuid.UUID, str]] = {}
     committed = False
     try:
@@ -117,7 +151,7 @@ def ingest_prepared_batch(*, owner, files: list) -> list[BatchOutcome]:
                     key = instance_file_key(Instance(id=instance_id))
                     stored[index] = (instance_id, _save_checked(key, content, size=item.size, sha256=item.sha256, reader=reader))
             except ServiceError as exc:
-                outcomes[index] = BatchOutcome("refused", error=str(exc))
+                outcomes[index] = refusal(exc, label=item.label, size=item.size)
         try:
             with transaction.atomic():
                 rows = _catalogue_batch(owner, files, stored, outcomes)
@@ -129,7 +163,7 @@ def ingest_prepared_batch(*, owner, files: list) -> list[BatchOutcome]:
                 default_storage.delete(name)
             stored.clear()
             for index in fresh:
-                if outcomes[index] is None or outcomes[index].status == "created":
+                if outcomes[index] is None or outcomes[index].reason is Reason.STORED:
                     outcomes[index] = _one_at_a_time(owner, files[index])
             return _settle(files, outcomes)
         for row in rows:
@@ -141,12 +175,12 @@ def ingest_prepared_batch(*, owner, files: list) -> list[BatchOutcome]:
     return _settle(files, outcomes)
 
 
-def _classify_batch(owner, files: list, outcomes: list) -> list[int]:
+def _classify_batch(owner, files: list, outcomes: list, planned: dict[str, set]) -> list[int]:
     """Fill in duplicates, conflicts and refusals known before storing; the indexes left to store."""
     shas = {item.sha256 for item in files}
     uids = {item.parsed.sop_instance_uid for item in files}
-    known_sha: dict[str, str] = {}
-    known_uid: dict[str, str] = {}
+    known_sha: dict[str, str | None] = dict.fromkeys(set(planned.get("sha256", ())) & shas)
+    known_uid: dict[str, str | None] = dict.fromkeys(set(planned.get("uid", ())) & uids)
     for pk, sha, uid in (
         Instance.objects.filter(owner=owner)
         .filter(Q(sha256__in=shas) | Q(sop_instance_uid__in=uids))
@@ -158,15 +192,15 @@ def _classify_batch(owner, files: list, outcomes: list) -> list[int]:
     for index, item in enumerate(files):
         uid = item.parsed.sop_instance_uid
         if item.size > settings.DICOM_MAX_UPLOAD_BYTES:
-            outcomes[index] = BatchOutcome("refused", error=str(UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)))
+            outcomes[index] = refusal(UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES), label=item.label, size=item.size)
         elif item.sha256 in known_sha:
-            outcomes[index] = BatchOutcome("duplicate", known_sha[item.sha256])
+            outcomes[index] = Outcome(Reason.SAME_BYTES, object_id=known_sha[item.sha256], label=item.label, size=item.size)
         elif uid in known_uid:
-            outcomes[index] = BatchOutcome("conflict", known_uid[uid], CONFLICT_MESSAGE)
+            outcomes[index] = Outcome(Reason.SAME_UID, CONFLICT_MESSAGE, object_id=known_uid[uid], label=item.label, size=item.size)
         elif item.sha256 in batch_sha:
-            outcomes[index] = BatchOutcome("duplicate-of", str(batch_sha[item.sha256]))  # settled after commit
+            outcomes[index] = _SameAs(batch_sha[item.sha256], Reason.SAME_BYTES)
         elif uid in batch_uid:
-            outcomes[index] = BatchOutcome("conflict-with", str(batch_uid[uid]), CONFLICT_MESSAGE)
+            outcomes[index] = _SameAs(batch_uid[uid], Reason.SAME_UID)
         else:
             batch_sha[item.sha256] = batch_uid[uid] = index
             fresh.append(index)
@@ -184,48 +218,42 @@ def _catalogue_batch(owner, files: list, stored: dict, outcomes: list) -> list[I
                 with transaction.atomic():  # a savepoint: a refused file leaves no new empty study behind
                     hierarchy[key] = _study_and_series(owner, item.parsed)
         except Conflict as exc:
-            outcomes[index] = BatchOutcome("conflict", exc.extra.get("series"), str(exc))
+            outcomes[index] = refusal(exc, label=item.label, size=item.size)
             del stored[index]
             default_storage.delete(name)  # no row will refer to this copy
             continue
         study, series = hierarchy[key]
-        rows.append(
-            _new_instance(
-                owner, item.parsed, instance_id, name, study, series,
-                sha256=item.sha256, size=item.size, original_name=item.original_name,
-            )
+        row = _new_instance(
+            owner, item.parsed, instance_id, name, study, series,
+            sha256=item.sha256, size=item.size, original_name=os.path.basename(item.label),
         )
-        outcomes[index] = BatchOutcome("created", str(instance_id))
+        rows.append(row)
+        outcomes[index] = _stored(row, True, label=item.label, size=item.size)
     return rows
 
 
-def _settle(files: list, outcomes: list) -> list[BatchOutcome]:
+def _settle(files: list, outcomes: list) -> list[Outcome]:
     """Resolve answers that pointed at another file of the batch, now that it has its outcome."""
     settled = []
-    for outcome in outcomes:
-        if outcome.status in ("duplicate-of", "conflict-with"):
-            first = outcomes[int(outcome.id)]
-            if first.status != "created":
-                settled.append(first)  # the first copy was refused or conflicted: this one fares the same
-            elif outcome.status == "duplicate-of":
-                settled.append(BatchOutcome("duplicate", first.id))
+    for item, outcome in zip(files, outcomes, strict=True):
+        if isinstance(outcome, _SameAs):
+            first = outcomes[outcome.index]
+            if first.reason is not Reason.STORED:
+                outcome = replace(first, label=item.label, size=item.size)  # the first copy fared badly: so does this one
+            elif outcome.reason is Reason.SAME_BYTES:
+                outcome = Outcome(Reason.SAME_BYTES, instance=first.instance, object_id=first.object_id, label=item.label, size=item.size)
             else:
-                settled.append(BatchOutcome("conflict", first.id, CONFLICT_MESSAGE))
-        else:
-            settled.append(outcome)
+                outcome = Outcome(Reason.SAME_UID, CONFLICT_MESSAGE, object_id=first.object_id, label=item.label, size=item.size)
+        settled.append(outcome)
     return settled
 
 
-def _one_at_a_time(owner, item) -> BatchOutcome:
+def _one_at_a_time(owner, item) -> Outcome:
     try:
-        result = ingest_prepared(
-            owner=owner, path=item.path, sha256=item.sha256, size=item.size, parsed=item.parsed, original_name=item.original_name
-        )
-    except Conflict as exc:
-        return BatchOutcome("conflict", exc.extra.get("id") or exc.extra.get("series"), str(exc))
+        instance, created = _ingest_prepared(owner, item)
     except ServiceError as exc:
-        return BatchOutcome("refused", error=str(exc))
-    return BatchOutcome("created" if result.created else "duplicate", str(result.instance.pk))
+        return refusal(exc, label=item.label, size=item.size)
+    return _stored(instance, created, label=item.label, size=item.size)
 
 
 class _StoredCopyReader:
@@ -287,7 +315,7 @@ def _save_checked(key: str, content, *, size: int, sha256: str, reader=None) -> 
         raise
 
 
-def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, size: int, original_name: str, verify=None) -> IngestResult:
+def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, size: int, original_name: str, verify=None) -> tuple[Instance, bool]:
     instance_id = uuid.uuid4()
     key = instance_file_key(Instance(id=instance_id))
     stored_name = _save_checked(key, content, size=size, sha256=sha256, reader=verify)
@@ -301,19 +329,19 @@ def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, si
                     # file. If the commit itself fails, the file stays as an orphan that check_storage reports.
                     committed = True
                 logger.info("instance created id=%s sha256=%s size=%d", instance.id, sha256, size)
-                return IngestResult(instance=instance, created=True)
+                return instance, True
             except IntegrityError:
                 committed = False
                 existing = _existing(owner, sha256, parsed.sop_instance_uid)
                 if existing is not None:
                     return existing
-        raise Conflict("the catalogue changed while this file was being stored; try again")
+        raise CatalogueBusy("the catalogue changed while this file was being stored; try again")
     finally:
         if not committed:
             default_storage.delete(stored_name)
 
 
-def _existing(owner, sha256: str, sop_instance_uid: str) -> IngestResult | None:
+def _existing(owner, sha256: str, sop_instance_uid: str) -> tuple[Instance, bool] | None:
     """The duplicate answer, or a Conflict, when the owner already holds this file or UID.
 
     One query for both keys: two separate queries would let a concurrent upload of the same
@@ -329,7 +357,7 @@ def _existing(owner, sha256: str, sop_instance_uid: str) -> IngestResult | None:
         if match_sha256 == sha256:
             match = Instance.objects.select_related("study", "series", "owner").filter(pk=match_id).first()
             if match is not None:  # else deleted since: the caller stores the file as new
-                return IngestResult(instance=match, created=False)
+                return match, False
     if matches and matches[0][1] != sha256:
         raise Conflict(
             CONFLICT_MESSAGE,
@@ -371,7 +399,7 @@ def _study_and_series(owner, parsed: ParsedDicom) -> tuple[Study, Series]:
         body_part_examined=parsed.body_part_examined,
     )
     if series.study_id != study.id:
-        raise Conflict(
+        raise SeriesConflict(
             "this file's series is already in your catalogue under a different study",
             reason="series_in_other_study",
             series=str(series.id),

@@ -64,6 +64,14 @@ def stage_stream(stream: BinaryIO, name: str = "", *, max_bytes: int | None = No
     return staged.finish()
 
 
+def as_staged(upload) -> StagedFile:
+    """`upload` as a StagedFile: as it is when our upload handler staged it, else copied into one
+    (a small in-memory multipart part, an admin form's file)."""
+    if isinstance(upload, StagedFile):
+        return upload
+    return stage_stream(upload, getattr(upload, "original_name", "") or upload.name or "")
+
+
 class StagingUploadHandler(FileUploadHandler):
     """Django upload handler writing each multipart file part into a StagedFile."""
 

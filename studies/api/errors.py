@@ -36,6 +36,11 @@ def error_body(message: str, code: str, **extra: Any) -> dict[str, Any]:
     return {"error": message, "code": code, **extra}
 
 
+def error_response(exc: ServiceError, *, status: int | None = None) -> Response:
+    """The service's error shape for a ServiceError, with its own status unless a channel's table says otherwise."""
+    return Response(error_body(exc.message, exc.code, **exc.extra), status=status or exc.status)
+
+
 def _sentence(detail: Any) -> str:
     """The first human message inside DRF's nested error details."""
     if isinstance(detail, dict):
@@ -52,7 +57,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF exception handler producing the service's error shape; unknown errors stay 500s."""
     if isinstance(exc, ServiceError):
         set_rollback()
-        return Response(error_body(exc.message, exc.code, **exc.extra), status=exc.status)
+        return error_response(exc)
     for kind, status, code in DICOM_ERRORS:
         if isinstance(exc, kind):
             return Response(error_body(str(exc), code), status=status)

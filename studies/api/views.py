@@ -19,7 +19,7 @@ from django.utils.http import content_disposition_header
 from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -29,10 +29,13 @@ from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
-from .. import bulk, imaging, selectors, services
+from .. import bulk_upload, imaging, selectors, services
 from ..dicom import rendering, tags, zipstream
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
-from ..uploads import StagedFile, stage_stream
+from ..http.status import HTTP_STATUS
+from ..outcome import Reason, counts as status_counts
+from ..uploads import as_staged
+from .errors import error_response
 from .parsers import DicomParser, StagingMultiPartParser
 from .serializers import (
     BulkUploadResultSerializer,
@@ -191,14 +194,12 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
             )
         if len(files) > 1:
             raise InvalidUpload("send one file per request (multipart field 'file' appears more than once)")
-        upload = files[0]
-        staged = upload if isinstance(upload, StagedFile) else stage_stream(upload, upload.name)
-        if staged.size == 0:
-            raise InvalidUpload("the file is empty")
-        result = services.ingest_instance(owner=request.user, staged=staged)
-        context = {**self.get_serializer_context(), "duplicate": not result.created}
-        data = UploadResultSerializer(result.instance, context=context).data
-        return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+        outcome = services.ingest(owner=request.user, staged=as_staged(files[0]))
+        if not outcome.stored:
+            return error_response(outcome.error, status=HTTP_STATUS[outcome.reason])
+        context = {**self.get_serializer_context(), "duplicate": outcome.reason is Reason.SAME_BYTES}
+        data = UploadResultSerializer(outcome.instance, context=context).data
+        return Response(data, status=HTTP_STATUS[outcome.reason])
 
     @extend_schema(
         summary="Upload many DICOM files or zip archives",
@@ -222,10 +223,9 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
         files = request.FILES.getlist("file")
         if not files:
             raise MissingFile("no file: send one or more multipart parts named 'file'")
-        results = bulk.ingest_uploads(owner=request.user, uploads=files)
-        counts = {status: sum(1 for r in results if r.status == status) for status in bulk.STATUSES}
-        rows = [{k: v for k, v in r.as_dict().items() if k != "size"} for r in results]
-        return Response({"results": rows, "counts": counts})
+        outcomes = bulk_upload.ingest_uploads(owner=request.user, uploads=files)
+        rows = [{k: v for k, v in o.report_row().items() if k != "size"} for o in outcomes]
+        return Response({"results": rows, "counts": status_counts(outcomes)})
 
     def perform_destroy(self, instance):
         if not selectors.can_modify(self.request.user, instance):

@@ -554,7 +554,7 @@ FAILURE_CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True)
-class StoreOutcome:
+class StowAnswer:
     """One stored (or not) part: UIDs when known, the instance URL when stored, else a failure reason."""
 
     sop_class_uid: str
@@ -564,7 +564,7 @@ class StoreOutcome:
     message: str = ""
 
 
-def stow_response(outcomes: list[StoreOutcome], study_url: str | None) -> dict[str, Any]:
+def stow_response(outcomes: list[StowAnswer], study_url: str | None) -> dict[str, Any]:
     """The STOW-RS response data set (PS3.18 Table 10.5.3-1) as DICOM JSON."""
     body: dict[str, Any] = {}
     if study_url:
@@ -593,7 +593,7 @@ def stow_response(outcomes: list[StoreOutcome], study_url: str | None) -> dict[s
     return body
 
 
-def stow_status(outcomes: list[StoreOutcome]) -> int:
+def stow_status(outcomes: list[StowAnswer]) -> int:
     """200 all stored, 202 some stored, 409 none stored (PS3.18 10.5.3)."""
     stored = sum(1 for o in outcomes if o.failure is None)
     if stored == len(outcomes):

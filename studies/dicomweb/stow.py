@@ -15,7 +15,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .. import services
 from ..dicom import web
-from ..errors import Conflict, InvalidParameter, InvalidUpload, ServiceError, StorageFailure, UploadTooLarge
+from ..errors import InvalidParameter, ServiceError, UploadTooLarge
+from ..outcome import Outcome, Reason
 from ..uploads import CHUNK_SIZE, StagedFile, stage_stream
 
 logger = logging.getLogger(__name__)
@@ -139,34 +140,42 @@ class _PartReader:
         self.parts, self.current = [], None
 
 
-def store(owner, parts: list[StagedFile], *, study_uid: str | None, instance_url: Callable[[object], str]) -> list[web.StoreOutcome]:
+# Each ingest outcome in STOW-RS terms (PS3.18 Table 10.5.3-2): (Failure Reason, None = stored; Error
+# Comment, an LO of at most 64 characters; None = the service's own sentence).
+STOW_FAILURE: dict[Reason, tuple[int | None, str | None]] = {
+    Reason.STORED: (None, None),
+    Reason.SAME_BYTES: (None, None),
+    Reason.SAME_UID: (web.FAILURE_DUPLICATE_UID, "another instance with this SOP Instance UID is stored"),
+    Reason.SERIES_IN_OTHER_STUDY: (web.FAILURE_PROCESSING, "Series Instance UID already stored under another study"),
+    Reason.CATALOGUE_BUSY: (web.FAILURE_PROCESSING, "catalogue busy; send it again"),
+    Reason.INVALID: (web.FAILURE_CANNOT_UNDERSTAND, None),
+    Reason.UNREADABLE: (web.FAILURE_CANNOT_UNDERSTAND, None),
+    Reason.NOT_AN_INSTANCE: (web.FAILURE_CANNOT_UNDERSTAND, None),
+    Reason.TOO_LARGE: (web.FAILURE_OUT_OF_RESOURCES, None),
+    Reason.STORAGE_FAILED: (web.FAILURE_OUT_OF_RESOURCES, None),
+    Reason.WRONG_STUDY: (web.FAILURE_DOES_NOT_MATCH, "not in the study the URL names"),
+}
+
+
+def store(owner, parts: list[StagedFile], *, study_uid: str | None, instance_url: Callable[[object], str]) -> list[web.StowAnswer]:
     """Ingest each staged part; a part that fails is that part's failure, never the request's."""
-    outcomes = []
+    answers = []
     for staged in parts:
         sop_class, sop_instance, part_study = _uids(staged)
         if study_uid and part_study and part_study != study_uid:
             staged.close()
-            outcomes.append(web.StoreOutcome(sop_class, sop_instance, failure=web.FAILURE_DOES_NOT_MATCH,
-                                             message="not in the study the URL names"))
-            continue
-        try:
-            result = services.ingest_instance(owner=owner, staged=staged)
-        except Conflict:
-            outcomes.append(web.StoreOutcome(sop_class, sop_instance, failure=web.FAILURE_DUPLICATE_UID,
-                                             message="another instance with this SOP Instance UID is stored"))
-        except (UploadTooLarge, StorageFailure) as exc:
-            outcomes.append(web.StoreOutcome(sop_class, sop_instance, failure=web.FAILURE_OUT_OF_RESOURCES, message=str(exc)))
-        except InvalidUpload as exc:
-            outcomes.append(web.StoreOutcome(sop_class, sop_instance, failure=web.FAILURE_CANNOT_UNDERSTAND, message=str(exc)))
-        except ServiceError as exc:
-            outcomes.append(web.StoreOutcome(sop_class, sop_instance, failure=web.FAILURE_PROCESSING, message=str(exc)))
+            outcome = Outcome(Reason.WRONG_STUDY)
         else:
-            instance = result.instance
-            outcomes.append(web.StoreOutcome(instance.sop_class_uid, instance.sop_instance_uid, instance_url(instance)))
-        finally:
-            staged.close()
-    logger.info("stow: %d parts, %d stored", len(outcomes), sum(o.failure is None for o in outcomes))
-    return outcomes
+            outcome = services.ingest(owner=owner, staged=staged, label="")
+        failure, comment = STOW_FAILURE[outcome.reason]
+        if failure is None:
+            instance = outcome.instance
+            answers.append(web.StowAnswer(instance.sop_class_uid, instance.sop_instance_uid, instance_url(instance)))
+        else:
+            message = outcome.message if comment is None else comment
+            answers.append(web.StowAnswer(sop_class, sop_instance, failure=failure, message=message))
+    logger.info("stow: %d parts, %d stored", len(answers), sum(o.failure is None for o in answers))
+    return answers
 
 
 def _uids(staged: StagedFile) -> tuple[str, str, str]:

@@ -201,6 +201,7 @@ def test_catalogue_failure_after_the_file_is_stored_removes_the_file(owner, medi
     from django.db import IntegrityError
 
     from studies import services
+    from studies.outcome import Reason
     from studies.uploads import stage_stream
 
     import io
@@ -210,8 +211,8 @@ def test_catalogue_failure_after_the_file_is_stored_removes_the_file(owner, medi
 
     monkeypatch.setattr(services, "_catalogue", broken)
     staged = stage_stream(io.BytesIO(dicom_bytes()), "x.dcm")
-    with pytest.raises(services.Conflict):
-        services.ingest_instance(owner=owner, staged=staged)
+    outcome = services.ingest(owner=owner, staged=staged)
+    assert outcome.reason is Reason.CATALOGUE_BUSY and outcome.status == "conflict"
     assert stored_files(media_root) == []
     assert Instance.objects.count() == 0
 

@@ -24,6 +24,7 @@ import sys
 import threading
 import zipfile
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -36,9 +37,9 @@ from django.db import connection
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from studies import bulk, services
+from studies import importer, services
+from studies.outcome import Reason, Status
 from studies.dicom import sources
-from studies.errors import InvalidUpload
 from studies.models import Instance, Series, Study
 
 from .conftest import CT_SMALL, dicom_bytes, pydicom_data_dir, PYDICOM_TEST_FILES, stored_files
@@ -266,7 +267,7 @@ def test_json_report_is_a_list_of_results(owner, tree, tmp_path):
     run = run_import(tree, owner=owner, tmp_path=tmp_path)
     assert len(run.rows) == 6
     assert all(set(r) == {"filename", "status", "id", "error", "size"} for r in run.rows)
-    assert all(r["status"] in bulk.STATUSES for r in run.rows)
+    assert all(r["status"] in set(Status) for r in run.rows)
     assert Counter(r["status"] for r in run.rows) == {k: v for k, v in run.summary.items() if k != "files" and v}
 
 
@@ -582,7 +583,7 @@ def test_importing_the_pydicom_corpora_is_consistent_and_rerun_adds_nothing(owne
     statuses = Counter(r["status"] for r in run.rows)
     summary = run.summary
     assert summary["files"] == len(run.rows) == len(every_file)
-    assert {s: summary[s] for s in bulk.STATUSES} == {s: statuses[s] for s in bulk.STATUSES}
+    assert {s: summary[s] for s in Status} == {s: statuses[s] for s in Status}
     assert summary["created"] > 100 and summary["refused"] > 0 and summary["skipped"] > 0 and summary["conflict"] > 0
     assert summary["created"] == Instance.objects.count() == len(stored_files(media_root))
     assert_catalogue_matches_storage(media_root)
@@ -616,8 +617,8 @@ def prepared_file(path: Path) -> sources.Prepared:
 
 
 def ingest(owner, prepared: sources.Prepared, **override):
-    arguments = dict(path=prepared.path, sha256=prepared.sha256, size=prepared.size, parsed=prepared.parsed)
-    return services.ingest_prepared(owner=owner, **(arguments | override))
+    (outcome,) = services.ingest_batch(owner=owner, files=[dataclasses.replace(prepared, **override)])
+    return outcome
 
 
 def test_file_changed_after_it_was_checked_is_refused_and_nothing_is_stored(owner, tmp_path, media_root):
@@ -627,8 +628,8 @@ def test_file_changed_after_it_was_checked_is_refused_and_nothing_is_stored(owne
     data[-1] ^= 0xFF  # same size, one pixel byte different
     path.write_bytes(bytes(data))
 
-    with pytest.raises(InvalidUpload, match="changed while it was being imported"):
-        ingest(owner, prepared)
+    outcome = ingest(owner, prepared)
+    assert outcome.reason is Reason.INVALID and "changed while it was being imported" in outcome.message
     assert Instance.objects.count() == Study.objects.count() == 0
     assert stored_files(media_root) == []
 
@@ -638,15 +639,15 @@ def test_file_that_grew_after_it_was_checked_is_refused(owner, tmp_path, media_r
     prepared = prepared_file(path)
     with open(path, "ab") as handle:
         handle.write(b"\0" * 1000)
-    result = bulk._catalogue(owner, prepared, dry_run=False)
-    assert result.status == "refused" and "changed" in result.error
+    (result,) = services.ingest_batch(owner=owner, files=[prepared])
+    assert result.status == "refused" and "changed" in result.message
     assert stored_files(media_root) == []
 
 
 def test_digest_of_other_bytes_is_refused(owner, tmp_path, media_root):
     prepared = prepared_file(write(tmp_path / "a.dcm", dicom_bytes()))
-    with pytest.raises(InvalidUpload, match="changed"):
-        ingest(owner, prepared, sha256=hashlib.sha256(b"other bytes").hexdigest())
+    outcome = ingest(owner, prepared, sha256=hashlib.sha256(b"other bytes").hexdigest())
+    assert outcome.reason is Reason.INVALID and "changed" in outcome.message
     assert stored_files(media_root) == [] and Instance.objects.count() == 0
 
 
@@ -657,7 +658,7 @@ def test_a_changed_preamble_is_not_a_change_since_it_is_never_stored(owner, tmp_
     data[:2] = b"MZ"
     path.write_bytes(bytes(data))
     outcome = ingest(owner, prepared)
-    assert outcome.created
+    assert outcome.reason is Reason.STORED
     (stored,) = stored_files(media_root)
     assert stored.read_bytes() == bytes(128) + bytes(data[128:])
     assert sha256_file(stored) == outcome.instance.sha256 == prepared.sha256
@@ -670,12 +671,12 @@ def test_a_changed_preamble_is_not_a_change_since_it_is_never_stored(owner, tmp_
 def test_stopping_an_import_midway_leaves_whole_records_and_no_temporary_copies(owner, tmp_path, media_root, upload_temp_dir):
     # A real Ctrl-C is the subprocess test below; here the consumer stops iterating (what the
     # command's KeyboardInterrupt handler does to the generator), deterministically mid-import.
-    # Files are catalogued in batches of bulk.BATCH_SIZE: stopping after 10 results leaves the first
+    # Files are catalogued in batches of importer.BATCH_SIZE: stopping after 10 results leaves the first
     # batch committed (whole records) and nothing of the rest.
-    total = bulk.BATCH_SIZE * 2 + 10
+    total = importer.BATCH_SIZE * 2 + 10
     files = series_files(total)
     archive = make_zip(tmp_path / "series.zip", {f"{n:03}.dcm": data for n, data in enumerate(files)})
-    results = bulk.import_paths(owner=owner, paths=[str(archive)], workers=2)
+    results = importer.import_paths(owner=owner, paths=[str(archive)], workers=2)
     seen = [next(results) for _ in range(10)]
     results.close()
 
@@ -694,7 +695,7 @@ def test_ctrl_c_while_waiting_for_a_worker_leaves_no_temporary_copy(owner, tmp_p
     # A real SIGINT, sent to this process while the main thread waits for the first prepared
     # member: starting the spawn workers alone takes far longer than the 0.3 s timer.
     archive = make_zip(tmp_path / "series.zip", {f"{n}.dcm": data for n, data in enumerate(series_files(3))})
-    results = bulk.import_paths(owner=owner, paths=[str(archive)], workers=2)
+    results = importer.import_paths(owner=owner, paths=[str(archive)], workers=2)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     with pytest.raises(KeyboardInterrupt):
         timer.start()
@@ -851,7 +852,7 @@ def test_ctrl_c_midway_leaves_whole_records_and_no_orphan_or_temporary_files(ext
     assert list(upload_temp_dir.iterdir()) == []
 
 
-# --- the batch path (import_dicom catalogues bulk.BATCH_SIZE files per transaction) --------------------
+# --- the batch path (import_dicom catalogues importer.BATCH_SIZE files per transaction) --------------------
 
 
 def test_a_file_that_changed_in_a_batch_is_refused_and_the_others_stored(owner, tmp_path, media_root):
@@ -859,9 +860,9 @@ def test_a_file_that_changed_in_a_batch_is_refused_and_the_others_stored(owner, 
     prepared = [prepared_file(p) for p in paths]
     with open(paths[1], "ab") as handle:
         handle.write(b"\0" * 1000)
-    outcomes = services.ingest_prepared_batch(owner=owner, files=prepared)
+    outcomes = services.ingest_batch(owner=owner, files=prepared)
     assert [o.status for o in outcomes] == ["created", "refused", "created"]
-    assert "changed" in outcomes[1].error
+    assert "changed" in outcomes[1].message
     assert Instance.objects.count() == 2 and len(stored_files(media_root)) == 2
 
 
@@ -881,17 +882,17 @@ def test_a_batch_settles_duplicates_and_conflicts_between_its_own_files(owner, t
         write(tmp_path / "c.dcm", other.getvalue()),  # same SOP Instance UID, other bytes
         write(tmp_path / "d.dcm", moved.getvalue()),  # its series already belongs to another study
     ]
-    outcomes = services.ingest_prepared_batch(owner=owner, files=[prepared_file(p) for p in paths])
+    outcomes = services.ingest_batch(owner=owner, files=[prepared_file(p) for p in paths])
     assert [o.status for o in outcomes] == ["created", "duplicate", "conflict", "conflict"]
     assert outcomes[1].id == outcomes[2].id == outcomes[0].id
-    assert "different study" in outcomes[3].error
+    assert "different study" in outcomes[3].message
     assert Instance.objects.count() == 1 and len(stored_files(media_root)) == 1
     assert Study.objects.count() == 1  # the refused file's own study was not left behind empty
 
 
 def test_a_batch_answers_like_single_uploads_for_files_already_in_the_catalogue(owner, tmp_path, media_root):
     data = dicom_bytes()
-    single = services.ingest_prepared_batch(owner=owner, files=[prepared_file(write(tmp_path / "a.dcm", data))])
-    again = services.ingest_prepared_batch(owner=owner, files=[prepared_file(write(tmp_path / "b.dcm", data))])
+    single = services.ingest_batch(owner=owner, files=[prepared_file(write(tmp_path / "a.dcm", data))])
+    again = services.ingest_batch(owner=owner, files=[prepared_file(write(tmp_path / "b.dcm", data))])
     assert (single[0].status, again[0].status, again[0].id) == ("created", "duplicate", single[0].id)
     assert len(stored_files(media_root)) == 1

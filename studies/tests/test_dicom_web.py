@@ -184,8 +184,8 @@ def test_rendered_options_from_table_8_3_5_1():
 
 
 def test_stow_response_and_status():
-    ok = web.StoreOutcome("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "http://h/i")
-    bad = web.StoreOutcome("", "", failure=web.FAILURE_CANNOT_UNDERSTAND, message="not DICOM")
+    ok = web.StowAnswer("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "http://h/i")
+    bad = web.StowAnswer("", "", failure=web.FAILURE_CANNOT_UNDERSTAND, message="not DICOM")
     body = web.stow_response([ok, bad], "http://h/s")
     assert body["00081190"]["Value"] == ["http://h/s"]
     assert body["00081199"]["Value"][0]["00081155"]["Value"] == ["1.2.3"]

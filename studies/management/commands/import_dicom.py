@@ -21,7 +21,8 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from ... import bulk
+from ... import importer
+from ...outcome import Outcome, Status
 from .. import logger_level
 
 REPORT_FIELDS = ["filename", "status", "id", "error", "size"]
@@ -34,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument("paths", nargs="+", help="files, folders, zip archives or DICOMDIR files")
         parser.add_argument("--owner", required=True, help="username that will own the imported instances")
         parser.add_argument(
-            "--workers", type=int, default=bulk.default_workers(), help="processes hashing and parsing files (default: CPU count)"
+            "--workers", type=int, default=importer.default_workers(), help="processes hashing and parsing files (default: CPU count)"
         )
         parser.add_argument("--dry-run", action="store_true", help="read and check everything, store nothing")
         parser.add_argument("--report", help="write one line per file to this .csv or .json file")
@@ -62,16 +63,16 @@ class Command(BaseCommand):
         writer = _ReportWriter(report) if report else None
         bar = _bar() if progress == "bar" else None
         interrupted = False
-        results = bulk.import_paths(owner=user, paths=paths, workers=workers, dry_run=dry_run)
+        results = importer.import_paths(owner=user, paths=paths, workers=workers, dry_run=dry_run)
         try:
             for result in results:
-                counts[result.status] += 1
-                total_bytes += result.size if result.status in ("created", "duplicate") else 0
+                counts[str(result.status)] += 1
+                total_bytes += result.size if result.stored else 0
                 if writer:
                     writer.write(result)
                 if verbosity >= 2:
-                    detail = f" {result.error}" if result.error else ""
-                    self.stdout.write(f"{result.status:9} {result.filename}{detail}")
+                    detail = f" {result.message}" if result.message else ""
+                    self.stdout.write(f"{result.status:9} {result.label}{detail}")
                 if bar is not None:
                     bar.update(1)
                     elapsed = max(time.monotonic() - started, 1e-9)
@@ -102,7 +103,7 @@ class Command(BaseCommand):
     def _line(counts: Counter, started: float, total_bytes: int) -> str:
         elapsed = max(time.monotonic() - started, 1e-9)
         files = sum(counts.values())
-        parts = ", ".join(f"{counts[status]} {status}" for status in bulk.STATUSES)
+        parts = ", ".join(f"{counts[status]} {status}" for status in Status)
         return f"{files} files in {elapsed:.1f} s ({files / elapsed:.1f} files/s, {total_bytes / elapsed / 1e6:.1f} MB/s): {parts}"
 
 
@@ -125,8 +126,8 @@ class _ReportWriter:
             self.csv = csv.DictWriter(self.handle, REPORT_FIELDS)
             self.csv.writeheader()
 
-    def write(self, result: bulk.FileResult) -> None:
-        row = result.as_dict()
+    def write(self, result: Outcome) -> None:
+        row = result.report_row()
         if self.json:
             self.handle.write(("" if self.first else ",\n") + json.dumps(row))
             self.first = False
