@@ -5,10 +5,10 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from studies.api.views import healthz, readyz
+from studies.http.health import healthz, readyz
 
-handler404 = "studies.api.errors.not_found"
-handler500 = "studies.api.errors.server_error"
+handler404 = "studies.http.errors.not_found"
+handler500 = "studies.http.errors.server_error"
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),

@@ -18,7 +18,7 @@ from django.utils.html import format_html
 from pydicom.uid import UID
 
 from . import selectors, services
-from .dicom import rendering, tags
+from dicomcore import rendering, tags
 from .models import AuditEvent, Instance, Series, Study
 from .outcome import Outcome, counts as status_counts
 from .uploads import as_staged

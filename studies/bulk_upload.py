@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 
 from . import services
-from .dicom import sources
+from dicomcore import sources
 from .errors import ServiceError
 from .importer import not_imported, zip_limits
 from .outcome import Outcome, Reason

@@ -14,7 +14,7 @@ import logging
 from django.conf import settings
 from django.core.cache import cache
 
-from .dicom import rendering
+from dicomcore import rendering
 from .models import Instance
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """import_dicom's importer: every file under folders, zips and DICOMDIR media, through `services.ingest_batch`.
 
-Hashing and header parsing run in worker processes (pure code from `studies.dicom.sources`);
+Hashing and header parsing run in worker processes (pure code from `dicomcore.sources`);
 the main process stores files and writes the catalogue, one transaction per batch of files, so an
 interrupted import leaves whole records only. At most a few files per worker are in flight,
 so memory does not grow with the number of files.
@@ -20,7 +20,7 @@ from functools import partial
 from django.conf import settings
 
 from . import services
-from .dicom import sources
+from dicomcore import sources
 from .outcome import Outcome, Reason
 
 IN_FLIGHT_PER_WORKER = 4
@@ -99,7 +99,7 @@ def _prepared(found: Iterator, prepare, workers: int) -> Iterator:
         for item in found:
             yield prepare(item) if isinstance(item, sources.Source) else item
         return
-    # Workers import only the pure studies.dicom package (no Django).
+    # Workers import only the pure dicomcore package (no Django).
     # spawn, not fork: the parent holds database connections and threads that a fork would copy.
     context = multiprocessing.get_context("spawn")
     pending: deque = deque()

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 
-from .dicom.parsing import StoredBytesHasher
+from dicomcore.parsing import StoredBytesHasher
 from .errors import UploadTooLarge
 
 CHUNK_SIZE = 1024 * 1024

@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import tags, views
 
 router = DefaultRouter()
 # No ".json" suffix routes: a tag expression may contain dots.
@@ -14,6 +14,6 @@ router.register("series", views.SeriesViewSet, basename="series")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
-    path("tags/lookup/", views.TagLookupView.as_view(), name="tag-lookup"),
+    path("tags/lookup/", tags.TagLookupView.as_view(), name="tag-lookup"),
     path("", include(router.urls)),
 ]

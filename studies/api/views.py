@@ -2,48 +2,39 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
-import json
 import logging
-import os
-import uuid
 from functools import partial
 
 from django.conf import settings
-from django.core.cache import cache
-from django.core.files.storage import default_storage
-from django.db import connection
+from django.http import FileResponse, StreamingHttpResponse
 from django.utils.http import content_disposition_header
-from django.http import FileResponse, HttpResponse, HttpResponseNotModified, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
-from rest_framework.views import APIView
 
-from .. import bulk_upload, imaging, selectors, services
-from ..dicom import rendering, tags, zipstream
+from dicomcore import rendering, tags, zipstream
+
+from .. import bulk_upload, selectors, services
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
+from ..http import params
+from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
+from ..http.errors import error_response
+from ..http.images import image_response
 from ..http.status import HTTP_STATUS
 from ..outcome import Reason, counts as status_counts
 from ..uploads import as_staged
-from .errors import error_response
 from .parsers import DicomParser, StagingMultiPartParser
+from .schema import errors
 from .serializers import (
     BulkUploadResultSerializer,
     BulkUploadSerializer,
-    TagLookupResultSerializer,
-    TagLookupSerializer,
     ConflictSerializer,
-    ErrorSerializer,
     InstanceSerializer,
     SeriesDetailSerializer,
     SeriesSerializer,
@@ -57,38 +48,6 @@ from .serializers import (
 logger = logging.getLogger(__name__)
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
-
-
-def errors(*statuses: int, **described: str) -> dict:
-    """OpenAPI responses for error statuses, all with the one error shape."""
-    texts = {
-        400: "Invalid input.",
-        401: "Not authenticated.",
-        404: "No such object in your catalogue.",
-        409: "Conflict.",
-        413: "Upload too large.",
-        415: "Unsupported media type.",
-        422: "The image cannot be rendered.",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described.get(f"e{code}", texts[code])) for code in statuses}
-
-
-class ScopedUserThrottle(UserRateThrottle):
-    """A per-user (per-address when anonymous) rate for one scope of DEFAULT_THROTTLE_RATES."""
-
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-        super().__init__()
-
-
-class BinaryNegotiation(BaseContentNegotiation):
-    """For actions answering with bytes: errors are always JSON whatever the Accept header says."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0] if parsers else None
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
 
 
 IMAGE_PARAMETERS = [
@@ -236,7 +195,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
         summary="Download the original DICOM file",
         responses={(200, "application/dicom"): OpenApiTypes.BINARY, **errors(401, 404)},
     )
-    @action(detail=True, methods=["get"], url_path="file", content_negotiation_class=BinaryNegotiation)
+    @action(detail=True, methods=["get"], url_path="file", content_negotiation_class=FirstRendererNegotiation)
     def file(self, request, pk=None):
         instance = self.get_object()
         try:
@@ -305,9 +264,9 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
             **errors(400, 401, 404, 422),
         },
     )
-    @action(detail=True, methods=["get"], url_path="image", content_negotiation_class=BinaryNegotiation)
+    @action(detail=True, methods=["get"], url_path="image", content_negotiation_class=FirstRendererNegotiation)
     def image(self, request, pk=None):
-        options = rendering.options_from_params(request.query_params, accept=request.META.get("HTTP_ACCEPT", ""))
+        options = params.rest_options(request.query_params, accept=request.META.get("HTTP_ACCEPT", ""))
         return image_response(request, self.get_object(), options)
 
     @extend_schema(
@@ -322,9 +281,9 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
             **errors(400, 401, 404, 422),
         },
     )
-    @action(detail=True, methods=["get"], url_path="thumbnail", content_negotiation_class=BinaryNegotiation)
+    @action(detail=True, methods=["get"], url_path="thumbnail", content_negotiation_class=FirstRendererNegotiation)
     def thumbnail(self, request, pk=None):
-        options = rendering.options_from_params(
+        options = params.rest_options(
             request.query_params,
             accept=request.META.get("HTTP_ACCEPT", ""),
             default_format="jpeg",
@@ -341,20 +300,6 @@ def _date_param(params, name: str):
         return dt.date.fromisoformat(raw)
     except ValueError:
         raise InvalidParameter(f"{name} must be a date as YYYY-MM-DD, not '{raw[:20]}'") from None
-
-
-def image_response(request, instance, options: rendering.RenderOptions) -> HttpResponse:
-    tag = imaging.etag(instance, options)
-    headers = {"ETag": tag, "Cache-Control": "private, max-age=86400", "Vary": "Accept, Authorization, Cookie"}
-    matches = _etags(request.META.get("HTTP_IF_NONE_MATCH", ""))
-    if tag in matches or ("*" in matches and instance.has_pixel_data):
-        return HttpResponseNotModified(headers=headers)
-    image = imaging.rendered_image(instance, options)
-    return HttpResponse(image.content, content_type=image.media_type, headers=headers)
-
-
-def _etags(header: str) -> set[str]:
-    return {part.strip().removeprefix("W/") for part in header.split(",") if part.strip()}
 
 
 ARCHIVE_RESPONSES = {
@@ -383,7 +328,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         return StudyDetailSerializer if self.action == "retrieve" else StudySerializer
 
     @extend_schema(summary="Download the study as a zip of its original files", responses=ARCHIVE_RESPONSES)
-    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=BinaryNegotiation)
+    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=FirstRendererNegotiation)
     def archive(self, request, pk=None):
         study = self.get_object()
         return _archive_response(study.instances.all(), f"study-{study.study_instance_uid}.zip")
@@ -405,7 +350,7 @@ class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
         return SeriesDetailSerializer if self.action == "retrieve" else SeriesSerializer
 
     @extend_schema(summary="Download the series as a zip of its original files", responses=ARCHIVE_RESPONSES)
-    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=BinaryNegotiation)
+    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=FirstRendererNegotiation)
     def archive(self, request, pk=None):
         series = self.get_object()
         return _archive_response(series.instances.all(), f"series-{series.series_instance_uid}.zip")
@@ -424,114 +369,6 @@ def _archive_response(instances, filename: str) -> StreamingHttpResponse:
     return response
 
 
-class CsvOrJsonNegotiation(BaseContentNegotiation):
-    """`?format=csv` or `Accept: text/csv` selects the CSV answer, made by the view; errors stay JSON."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0] if parsers else None
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
-
-class TagLookupView(APIView):
-    """Bulk tag lookup: a table of tag values across instances, a study or a series."""
-
-    parser_classes = [JSONParser]
-    content_negotiation_class = CsvOrJsonNegotiation
-
-    @extend_schema(
-        summary="Look up tags across many instances",
-        description=(
-            "Exactly one of `instances` (ids), `study` or `series` (ids from /api/studies/ and /api/series/), and "
-            "`tags` (expressions as for the single lookup). One row per instance with each expression's value "
-            "(null when absent). 400 names a malformed expression; 404 when any instance, study or series is not "
-            "in your catalogue. `?format=csv` (or `Accept: text/csv`) answers with a CSV download instead."
-        ),
-        request=TagLookupSerializer,
-        parameters=[OpenApiParameter("format", str, enum=["json", "csv"], description="csv for a spreadsheet")],
-        responses={200: TagLookupResultSerializer, (200, "text/csv"): OpenApiTypes.STR, **errors(400, 401, 404)},
-    )
-    def post(self, request):
-        serializer = TagLookupSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        expressions = data["tags"]
-        parsed = [tags.parse_expression(expr) for expr in expressions]
-        keys = tags.header_keys(*parsed)
-        queryset = selectors.lookup_instances(
-            request.user, keys=keys, instances=data.get("instances"), study=data.get("study"), series=data.get("series")
-        )
-        if queryset.count() > settings.DICOM_LOOKUP_MAX_INSTANCES:
-            raise InvalidParameter(f"the lookup covers more than {settings.DICOM_LOOKUP_MAX_INSTANCES} instances; narrow it")
-        rows = (
-            (inst, [_lookup_cell(header, steps) for steps in parsed])
-            for inst in queryset.iterator(chunk_size=200)
-            for header in [selectors.partial_header(inst, keys)]
-        )
-        if _wants_csv(request):
-            response = StreamingHttpResponse(_csv_lines(expressions, rows), content_type="text/csv; charset=utf-8")
-            response["Content-Disposition"] = 'attachment; filename="tags.csv"'
-            return response
-        results = [
-            {"id": str(inst.pk), "sop_instance_uid": inst.sop_instance_uid, "values": dict(zip(expressions, values, strict=True))}
-            for inst, values in rows
-        ]
-        return Response({"tags": expressions, "results": results})
-
-
-def _lookup_cell(header, steps):
-    """The value, or None when absent or when the path does not fit this header (e.g. it enters an
-    element that is not a sequence here): decided per instance, so never an error mid-stream."""
-    try:
-        return tags.lookup_value(header, steps)
-    except tags.TagExpressionError:
-        return None
-
-
-def _wants_csv(request) -> bool:
-    fmt = (request.query_params.get("format") or "").lower()
-    if fmt:
-        if fmt not in ("csv", "json"):
-            raise InvalidParameter(f"format must be csv or json, not '{fmt[:20]}'")
-        return fmt == "csv"
-    return "text/csv" in request.META.get("HTTP_ACCEPT", "")
-
-
-def _csv_lines(expressions, rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", "sop_instance_uid", *expressions])
-    for inst, values in rows:
-        writer.writerow([str(inst.pk), inst.sop_instance_uid, *(_csv_cell(v) for v in values)])
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
-
-
-def _csv_cell(value) -> str:
-    """Scalars as text, multiple values joined by a backslash (DICOM's separator), structures as JSON."""
-    if value is None:
-        return ""
-    if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
-        text = "\\".join(str(v) for v in value)
-    elif isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    else:
-        text = str(value)
-    # A leading = + - @ would make a spreadsheet evaluate the cell (CSV injection): quote it as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 class TokenView(ObtainAuthToken):
     """Exchange a username and password for an API token (send it as `Authorization: Token <key>`)."""
 
@@ -540,50 +377,3 @@ class TokenView(ObtainAuthToken):
         return super().post(request, *args, **kwargs)
 
 
-def readyz(request):
-    """Readiness: the database, the file storage and the cache all answer (503 naming what does not)."""
-    checks = {"database": _check_database, "storage": _check_storage, "cache": _check_cache}
-    results = {}
-    for name, check in checks.items():
-        try:
-            check()
-            results[name] = "ok"
-        except Exception:  # noqa: BLE001 - any failure means "not ready"; the log has the detail
-            logger.exception("readiness check failed: %s", name)
-            results[name] = "down"
-    ready = all(value == "ok" for value in results.values())
-    return JsonResponse({"status": "ready" if ready else "unavailable", **results}, status=200 if ready else 503)
-
-
-def _check_database() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-
-
-def _check_storage() -> None:
-    default_storage.exists("dicom")  # a round trip to the storage backend (filesystem or object store)
-    location = getattr(default_storage, "location", None)
-    if location is not None:
-        # The folder is created by the first save: until then, the nearest existing ancestor must take it.
-        existing = os.path.abspath(location)
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
-            raise OSError("the media folder is not writable")
-
-
-def _check_cache() -> None:
-    key = f"readyz-{uuid.uuid4().hex}"
-    cache.set(key, "1", 10)
-    if cache.get(key) != "1":
-        raise OSError("the cache did not return what was stored")
-    cache.delete(key)
-
-
-def healthz(request):
-    """Liveness and database check, no login needed."""
-    try:
-        connection.ensure_connection()
-    except Exception:  # noqa: BLE001 - any database failure means "not healthy"
-        return JsonResponse({"status": "unavailable", "database": "down"}, status=503)
-    return JsonResponse({"status": "ok"})

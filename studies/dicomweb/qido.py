@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 
 from .. import selectors
-from ..dicom import web
+from . import protocol as web
 from ..models import Instance, Series, Study
 
 MODELS = {"study": Study, "series": Series, "instance": Instance}

@@ -14,7 +14,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .. import services
-from ..dicom import web
+from . import protocol as web
 from ..errors import InvalidParameter, ServiceError, UploadTooLarge
 from ..outcome import Outcome, Reason
 from ..uploads import CHUNK_SIZE, StagedFile, stage_stream

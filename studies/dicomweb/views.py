@@ -1,6 +1,6 @@
 """DICOMweb (PS3.18) views under /dicomweb/: QIDO-RS, WADO-RS, STOW-RS over the user's catalogue.
 
-Thin, like the REST API: parse the request (studies.dicom.web), read or write through
+Thin, like the REST API: parse the request (studies.dicomweb.protocol), read or write through
 qido/stow and the services, write the answer. Authentication, permissions and throttles are
 DRF's, so a token, basic or session login works here as on /api/. Errors are the service's
 JSON shape. The README lists what is and is not supported (conformance).
@@ -18,11 +18,15 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
-from ..api.views import BinaryNegotiation, ScopedUserThrottle, image_response
-from ..dicom import frames as frame_reader
-from ..dicom import rendering, web
+from dicomcore import frames as frame_reader
+from dicomcore import rendering
+from ..http import params
+from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
+from ..http.images import image_response
+from ..http.negotiation import NotAcceptable, parse_accept
 from ..imaging import open_stored
 from ..uploads import CHUNK_SIZE
+from . import protocol as web
 from . import qido, stow
 
 logger = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ JSON_TYPES = ("application/dicom+json", "application/json")
 
 @extend_schema(exclude=True)  # DICOMweb is specified by PS3.18; its conformance is in the README
 class DicomWebView(APIView):
-    content_negotiation_class = BinaryNegotiation
+    content_negotiation_class = FirstRendererNegotiation
     renderer_classes = [JSONRenderer]
     parser_classes: list = []
     throttle_scope_name: str | None = None
@@ -68,9 +72,9 @@ def _json(data, *, status: int = 200, warnings: list[str] | None = None) -> Json
 
 
 def _check_json_accept(request) -> None:
-    accepts = web.parse_accept(request.META.get("HTTP_ACCEPT", ""), default="application/dicom+json")
+    accepts = parse_accept(request.META.get("HTTP_ACCEPT", ""), default="application/dicom+json")
     if not any(web.matches_type(a.media_type, t) for a in accepts for t in JSON_TYPES):
-        raise web.NotAcceptable("this resource is application/dicom+json (XML is not supported)")
+        raise NotAcceptable("this resource is application/dicom+json (XML is not supported)")
 
 
 # --- QIDO-RS -----------------------------------------------------------------------------------
@@ -124,7 +128,7 @@ class RetrieveView(StudiesView):
 
     def get(self, request, study: str, series: str | None = None, instance: str | None = None):
         found = self.instances(study=study, series=series, instance=instance)
-        accepts = web.parse_accept(request.META.get("HTTP_ACCEPT", ""), default="application/dicom")
+        accepts = parse_accept(request.META.get("HTTP_ACCEPT", ""), default="application/dicom")
         plan = [(one, web.instance_transfer_syntax(accepts, one.transfer_syntax_uid, can_transcode=_can_convert(one))) for one in found]
         boundary = web.new_boundary()
         parts = ((_part_headers(self.instance_url(one), ts), _instance_chunks(one, ts)) for one, ts in plan)
@@ -196,7 +200,7 @@ class FramesView(DicomWebView):
 def _frames_response(view: DicomWebView, instance, numbers: list[int] | None):
     if not instance.has_pixel_data:
         raise rendering.NoPixelData("this instance has no pixel data")
-    accepts = web.parse_accept(view.request.META.get("HTTP_ACCEPT", ""), default="application/octet-stream")
+    accepts = parse_accept(view.request.META.get("HTTP_ACCEPT", ""), default="application/octet-stream")
     encoding = web.frame_encoding(accepts, instance.transfer_syntax_uid)
     numbers = numbers or list(range(1, max(instance.number_of_frames, 1) + 1))
     handle = open_stored(instance)
@@ -257,7 +261,7 @@ class RenderedView(DicomWebView):
         found = [one for one in self.instances(study=study, series=series, instance=instance) if one.has_pixel_data]
         if not found:
             raise rendering.NoPixelData("nothing here has pixel data")
-        options = web.rendered_options(
+        options = params.rendered_options(
             request.query_params,
             request.META.get("HTTP_ACCEPT", ""),
             frame=numbers[0],

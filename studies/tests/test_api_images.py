@@ -24,7 +24,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
 from studies import imaging
-from studies.dicom import rendering
+from dicomcore import rendering
 from studies.models import Instance
 
 from .conftest import assert_error, client_for, CT_SMALL, dicom_bytes, pydicom_data_dir, upload

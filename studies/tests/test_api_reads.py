@@ -638,7 +638,7 @@ PARTIAL_EXPRESSIONS = [
 
 @pytest.mark.parametrize("expr", PARTIAL_EXPRESSIONS)
 def test_a_tag_read_of_some_elements_answers_as_a_lookup_in_the_whole_header(api, expr):
-    from studies.dicom import tags
+    from dicomcore import tags
 
     instance = put(api, _private_and_nested_file())
     header = Instance.objects.get(pk=instance["id"]).header
@@ -667,7 +667,7 @@ def test_the_private_tag_answer_names_its_creator_and_a_missing_element_is_404(a
 
 
 def test_the_bulk_lookup_reads_the_same_values_as_the_whole_header(api):
-    from studies.dicom import tags
+    from dicomcore import tags
 
     first, second = put(api, _private_and_nested_file()), put(api, _private_and_nested_file())
     response = api.post("/api/tags/lookup/", {"instances": [first["id"], second["id"]], "tags": PARTIAL_EXPRESSIONS}, format="json")

@@ -39,7 +39,7 @@ from pydicom.uid import generate_uid
 
 from studies import importer, services
 from studies.outcome import Reason, Status
-from studies.dicom import sources
+from dicomcore import sources
 from studies.models import Instance, Series, Study
 
 from .conftest import CT_SMALL, dicom_bytes, pydicom_data_dir, PYDICOM_TEST_FILES, stored_files

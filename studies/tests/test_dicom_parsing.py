@@ -26,8 +26,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from studies.dicom import parsing
-from studies.dicom.parsing import InvalidDicom, StoredBytesHasher, clean_text, parse_dicom, zero_preamble
+from dicomcore import parsing
+from dicomcore.parsing import InvalidDicom, StoredBytesHasher, clean_text, parse_dicom, zero_preamble
 
 from .conftest import CT_SMALL, PYDICOM_TEST_FILES, dicom_bytes, pydicom_data_dir
 
@@ -406,7 +406,7 @@ def test_a_deflate_bomb_is_refused_without_inflating_it_in_memory(deflate_bomb: 
 
 PARSE_IN_CHILD = """
 import sys
-from studies.dicom.parsing import parse_dicom
+from dicomcore.parsing import parse_dicom
 with open(sys.argv[1], "rb") as fp:
     print(parse_dicom(fp).header["00711010"]["BulkData"]["length"])
 """

@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from studies.dicom import parsing, rendering
-from studies.dicom.rendering import FrameOutOfRange, NoPixelData, RenderError, encode, render
+from dicomcore import parsing, rendering
+from dicomcore.rendering import FrameOutOfRange, NoPixelData, RenderError, encode, render
 
 from .conftest import CT_SMALL, PYDICOM_TEST_FILES, pydicom_data_dir
 

@@ -1,5 +1,5 @@
-"""Where bulk imports find files (studies.dicom.sources) and how archives are streamed out
-(studies.dicom.zipstream): pure modules, real files on disk, no database.
+"""Where bulk imports find files (dicomcore.sources) and how archives are streamed out
+(dicomcore.zipstream): pure modules, real files on disk, no database.
 
 Zip archives are built with `zipfile`; the few archives zipfile cannot write (a member flagged
 as encrypted, a member whose declared size lies) are made by patching the bytes zipfile wrote,
@@ -24,7 +24,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from studies.dicom import sources, zipstream
+from dicomcore import sources, zipstream
 
 from .conftest import CT_SMALL, PYDICOM_TEST_FILES, dicom_bytes
 

@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from studies.dicom import parsing, tags
-from studies.dicom.tags import ElementNotFound, Step, TagExpressionError, lookup, parse_expression, person_name_text
+from dicomcore import parsing, tags
+from dicomcore.tags import ElementNotFound, Step, TagExpressionError, lookup, parse_expression, person_name_text
 
 from .conftest import CT_SMALL
 

@@ -44,7 +44,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
-from studies.dicom.rendering import NoPixelData, RenderError, render
+from dicomcore.rendering import NoPixelData, RenderError, render
 
 from .conftest import PYDICOM_TEST_FILES, pydicom_data_dir
 

@@ -10,7 +10,7 @@ import pytest
 from django.test import override_settings
 
 from studies import services
-from studies.dicom import sources
+from dicomcore import sources
 from studies.errors import InvalidUpload, SeriesConflict
 from studies.models import Instance, Series, Study
 from studies.outcome import Outcome, Reason, Status, counts

@@ -1,4 +1,4 @@
-"""The pure DICOMweb formats (studies.dicom.web) and frame reading (studies.dicom.frames), without Django."""
+"""The pure DICOMweb formats (studies.dicomweb.protocol) and frame reading (dicomcore.frames), without Django."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from studies.dicom import frames, rendering, web
+from dicomcore import frames, rendering
+from studies.dicomweb import protocol as web
+from studies.http.negotiation import NotAcceptable, parse_accept
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -89,15 +91,6 @@ def test_elements_are_dicom_json():
 # --- Accept headers and transfer syntaxes ------------------------------------------------------
 
 
-def test_parse_accept_with_and_without_quotes_and_q_zero():
-    accepts = web.parse_accept(
-        'multipart/related; type=application/octet-stream; transfer-syntax=*, multipart/related; type="image/jp2"; q=0',
-        default="application/octet-stream",
-    )
-    assert accepts == [web.Acceptable("application/octet-stream", "*", True)]
-    assert web.parse_accept("", default="application/dicom") == [web.Acceptable("application/dicom", None, True)]
-
-
 @pytest.mark.parametrize(
     ("accept", "stored", "convertible", "expected"),
     [
@@ -109,16 +102,16 @@ def test_parse_accept_with_and_without_quotes_and_q_zero():
     ],
 )
 def test_instance_transfer_syntax(accept, stored, convertible, expected):
-    accepts = web.parse_accept(accept, default="application/dicom")
+    accepts = parse_accept(accept, default="application/dicom")
     assert web.instance_transfer_syntax(accepts, stored, can_transcode=convertible) == expected
 
 
 def test_instance_transfer_syntax_not_acceptable():
-    accepts = web.parse_accept('multipart/related; type="application/dicom"', default="application/dicom")
-    with pytest.raises(web.NotAcceptable):
+    accepts = parse_accept('multipart/related; type="application/dicom"', default="application/dicom")
+    with pytest.raises(NotAcceptable):
         web.instance_transfer_syntax(accepts, "1.2.840.10008.1.2.2", can_transcode=False)
-    accepts = web.parse_accept("application/pdf", default="application/dicom")
-    with pytest.raises(web.NotAcceptable):
+    accepts = parse_accept("application/pdf", default="application/dicom")
+    with pytest.raises(NotAcceptable):
         web.instance_transfer_syntax(accepts, EXPLICIT_LE, can_transcode=True)
 
 
@@ -135,13 +128,13 @@ def test_instance_transfer_syntax_not_acceptable():
     ],
 )
 def test_frame_encoding(accept, stored, expected):
-    encoding = web.frame_encoding(web.parse_accept(accept, default="application/octet-stream"), stored)
+    encoding = web.frame_encoding(parse_accept(accept, default="application/octet-stream"), stored)
     assert (encoding.keep, encoding.media_type) == expected
 
 
 def test_frame_encoding_not_acceptable():
-    with pytest.raises(web.NotAcceptable):
-        web.frame_encoding(web.parse_accept('multipart/related; type="image/jp2"', default="x"), JPEG_BASELINE)
+    with pytest.raises(NotAcceptable):
+        web.frame_encoding(parse_accept('multipart/related; type="image/jp2"', default="x"), JPEG_BASELINE)
 
 
 def test_multipart_chunks_frame_each_part():
@@ -169,18 +162,6 @@ def test_bulkdata_uris_replace_summaries_at_every_depth():
     for bad in ("0054", "00540016/0", "00540016/x/00181072", "zzzzzzzz"):
         with pytest.raises(web.QueryError):
             web.parse_bulkdata_path(bad)
-
-
-def test_rendered_options_from_table_8_3_5_1():
-    options = web.rendered_options({"window": "40,400,sigmoid", "viewport": "64,32", "quality": "70"}, "image/png", frame=3)
-    assert options == rendering.RenderOptions(
-        frame=2, window=rendering.Window(40.0, 400.0, "SIGMOID"), width=64, height=32, image_format="png", quality=70
-    )
-    assert web.rendered_options({}, "").image_format == "jpeg"
-    assert web.rendered_options({"accept": "image/webp"}, "image/png").image_format == "webp"
-    assert web.rendered_options({}, "", thumbnail_size=128).size == 128
-    with pytest.raises(web.NotAcceptable):
-        web.rendered_options({}, "image/gif")
 
 
 def test_stow_response_and_status():

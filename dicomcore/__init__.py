@@ -1,4 +1,6 @@
-"""Pure DICOM core: parsing, tag expressions and rendering. No Django imports here."""
+"""The Django-free DICOM core: parsing, tag expressions, rendering, frames, import sources and zip
+streaming, as plain functions over pydicom, numpy and Pillow. Nothing here imports Django or the
+`studies` app (studies/tests/test_pure_core.py keeps it so): import workers and scripts use it as is."""
 
 import pydicom.config
 

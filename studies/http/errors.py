@@ -12,11 +12,12 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from ..dicom.parsing import InvalidDicom
-from ..dicom.rendering import FrameOutOfRange, InvalidRenderParameter, NoPixelData, RenderError
-from ..dicom.tags import ElementNotFound, TagExpressionError
-from ..dicom.web import NotAcceptable, QueryError
+from dicomcore.parsing import InvalidDicom
+from dicomcore.rendering import FrameOutOfRange, InvalidRenderParameter, NoPixelData, RenderError
+from dicomcore.tags import ElementNotFound, TagExpressionError
+from ..dicomweb.protocol import QueryError
 from ..errors import ServiceError
+from .negotiation import NotAcceptable
 
 # Errors of the pure DICOM core, mapped to (status, code).
 DICOM_ERRORS: list[tuple[type[Exception], int, str]] = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -62,7 +61,6 @@ WINDOW_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid
 MAX_OUTPUT_SIDE = 4096
 MAX_WINDOW_VALUE = 1e7
 MIN_WINDOW_WIDTH = 1e-3
-MEDIA_TYPES = {media: name for name, (_, media) in FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -440,103 +438,3 @@ def encode(image: Image.Image, image_format: str = "png", *, quality: int = 90) 
             raise RenderError(f"{image_format} cannot hold a {image.mode} image; use format=png")
         image.save(buffer, pil_format, quality=quality)
     return RenderedImage(buffer.getvalue(), media_type, image.width, image.height)
-
-
-# --- request parameters --------------------------------------------------------------------------
-
-
-def _positive_int(params: Mapping[str, str], name: str, maximum: int) -> int | None:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-        raise InvalidRenderParameter(f"{name} must be a whole number from 1 to {maximum}, not '{raw[:20]}'")
-    return int(raw)
-
-
-def parse_window(raw: str) -> Window:
-    """`center,width[,linear|linear-exact|sigmoid]` → Window."""
-    parts = [p.strip() for p in raw.split(",")]
-    if len(parts) not in (2, 3):
-        raise InvalidRenderParameter(f"window must be 'center,width[,linear|linear-exact|sigmoid]', not '{raw[:40]}'")
-    try:
-        center, width = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise InvalidRenderParameter(f"window center and width must be numbers, not '{raw[:40]}'") from None
-    function = WINDOW_FUNCTIONS.get(parts[2].lower()) if len(parts) == 3 else "LINEAR"
-    if function is None:
-        raise InvalidRenderParameter(f"window function must be one of {', '.join(WINDOW_FUNCTIONS)}, not '{parts[2][:20]}'")
-    # Bounds keep the float arithmetic of the VOI functions meaningful (no 0/0, no overflow).
-    if not (abs(center) <= MAX_WINDOW_VALUE and MIN_WINDOW_WIDTH <= width <= MAX_WINDOW_VALUE) or (function == "LINEAR" and width < 1):
-        raise InvalidRenderParameter(
-            f"window center must be within ±{MAX_WINDOW_VALUE:g} and width between {MIN_WINDOW_WIDTH:g} "
-            f"(1 for linear) and {MAX_WINDOW_VALUE:g}"
-        )
-    return Window(center, width, function)
-
-
-def format_from(params: Mapping[str, str], accept: str, default: str) -> str:
-    """`format=` wins; else the first supported type in Accept (in the client's order); else `default`."""
-    requested = (params.get("format") or "").strip().lower()
-    if requested:
-        requested = "jpeg" if requested == "jpg" else requested
-        if requested not in FORMATS:
-            raise InvalidRenderParameter(f"format must be one of {', '.join(FORMATS)}, not '{requested[:20]}'")
-        return requested
-    for part in (accept or "").split(","):
-        media, *parameters = [piece.strip().lower() for piece in part.split(";")]
-        if media in MEDIA_TYPES and not any(is_q_zero(p) for p in parameters):
-            return MEDIA_TYPES[media]
-    return default
-
-
-def is_q_zero(parameter: str) -> bool:
-    """`q=0` (or 0.0, 0.000) marks a media type as not acceptable (RFC 9110 12.4.2)."""
-    name, _, value = parameter.partition("=")
-    if name.strip() != "q":
-        return False
-    try:
-        return float(value) == 0
-    except ValueError:
-        return False
-
-
-def options_from_params(
-    params: Mapping[str, str], *, accept: str = "", default_format: str = "png", default_size: int | None = None
-) -> RenderOptions:
-    """Build RenderOptions from query parameters (frame is 1-based there), refusing bad values."""
-    frame = _positive_int(params, "frame", 2**31 - 1) or 1
-    preset = (params.get("preset") or "").strip().lower() or None
-    if preset is not None and preset not in PRESET_NAMES:
-        raise InvalidRenderParameter(f"preset must be one of {', '.join(PRESET_NAMES)}, not '{preset[:20]}'")
-    window = parse_window(params["window"]) if params.get("window") else None
-    if window is not None and preset is not None:
-        raise InvalidRenderParameter("give either window or preset, not both")
-    size = _positive_int(params, "size", MAX_OUTPUT_SIDE)
-    width = _positive_int(params, "width", MAX_OUTPUT_SIDE)
-    height = _positive_int(params, "height", MAX_OUTPUT_SIDE)
-    if size and (width or height):
-        raise InvalidRenderParameter("give either size or width/height, not both")
-    if not (size or width or height):
-        size = default_size
-    bits_requested = (params.get("bits") or "8") == "16"
-    # A 16-bit request negotiates PNG unless a lossy format was asked for by name (then 400 below).
-    image_format = format_from(params, "" if bits_requested else accept, "png" if bits_requested else default_format)
-    quality = _positive_int(params, "quality", 100) or 90
-    bits_raw = params.get("bits") or "8"
-    if bits_raw not in ("8", "16"):
-        raise InvalidRenderParameter(f"bits must be 8 or 16, not '{bits_raw[:20]}'")
-    bits = int(bits_raw)
-    if bits == 16 and image_format != "png":
-        raise InvalidRenderParameter("bits=16 needs format=png (JPEG and WebP are 8-bit)")
-    return RenderOptions(
-        frame=frame - 1,
-        window=window,
-        preset=None if preset == "default" else preset,
-        size=size,
-        width=width,
-        height=height,
-        image_format=image_format,
-        quality=quality,
-        bits=bits,
-    )

@@ -1,10 +1,10 @@
-"""DICOMweb (PS3.18) request and response formats, with no Django in sight.
+"""The DICOMweb protocol (PS3.18): request and response formats, with no Django in sight.
 
 - QIDO-RS: the attributes the catalogue can match on, query parameters → `Query`, and DICOM
   JSON elements for the answers;
-- WADO-RS: Accept headers (`multipart/related; type=...; transfer-syntax=...`), multipart
-  bodies written part by part, BulkDataURIs in stored headers, rendered-resource parameters
-  (PS3.18 Table 8.3.5-1) → `RenderOptions`;
+- WADO-RS: the transfer syntax of instances and frames for a parsed Accept header (the parser
+  itself is `studies.http.negotiation`), multipart bodies written part by part, BulkDataURIs in
+  stored headers, frame lists; rendered-resource parameters are `studies.http.params`;
 - STOW-RS: the response data set (ReferencedSOPSequence / FailedSOPSequence).
 """
 
@@ -20,15 +20,11 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID
 
-from . import rendering
+from ..http.negotiation import Acceptable, NotAcceptable, matches_type
 
 
 class QueryError(ValueError):
     """A QIDO-RS or WADO-RS request parameter is malformed; `str()` says which and why."""
-
-
-class NotAcceptable(ValueError):
-    """None of the media types (or transfer syntaxes) the client accepts can be served."""
 
 
 # --- QIDO-RS: what can be matched and returned -----------------------------------------------
@@ -290,56 +286,6 @@ FRAME_MEDIA_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Acceptable:
-    """One acceptable media type: `multipart/related; type=<media_type>; transfer-syntax=<ts>` or single part."""
-
-    media_type: str
-    transfer_syntax: str | None  # None: not given; "*": any
-    multipart: bool
-
-
-def parse_accept(header: str, *, default: str) -> list[Acceptable]:
-    """An Accept header → acceptable types in the client's order (q=0 entries dropped)."""
-    found: list[Acceptable] = []
-    for part in _split_outside_quotes(header or "", ","):
-        pieces = _split_outside_quotes(part, ";")
-        media = pieces[0].strip().lower()
-        if not media:
-            continue
-        params: dict[str, str] = {}
-        for piece in pieces[1:]:
-            name, _, value = piece.partition("=")
-            params[name.strip().lower()] = value.strip().strip('"')
-        if rendering.is_q_zero(f"q={params.get('q', '1')}"):
-            continue
-        if media == "multipart/related":
-            found.append(Acceptable(params.get("type", default).lower(), params.get("transfer-syntax"), True))
-        else:
-            found.append(Acceptable(media, params.get("transfer-syntax"), False))
-    return found or [Acceptable(default, None, True)]
-
-
-def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, current, quoted = [], [], False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == sep and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
-def matches_type(accepted: str, offered: str) -> bool:
-    if accepted in ("*/*", "*", offered):
-        return True
-    return accepted.endswith("/*") and offered.startswith(accepted[:-1])
-
-
 def instance_transfer_syntax(accepts: list[Acceptable], stored: str, *, can_transcode: bool) -> str:
     """The transfer syntax to send an instance in (`application/dicom`), or NotAcceptable.
 
@@ -480,67 +426,6 @@ def parse_frame_list(raw: str) -> list[int]:
     if len(numbers) > MAX_FRAMES_PER_REQUEST:
         raise QueryError(f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
     return numbers
-
-
-RENDERED_MEDIA_TYPES = {media: name for name, (_, media) in rendering.FORMATS.items()}
-
-
-def rendered_options(
-    params: Mapping[str, str], accept_header: str, *, frame: int = 1, thumbnail_size: int | None = None
-) -> rendering.RenderOptions:
-    """PS3.18 Table 8.3.5-1 query parameters → RenderOptions.
-
-    `window=center,width[,linear|linear-exact|sigmoid]`, `viewport=vw,vh` (fit in that box; the
-    cropping form vw,vh,sx,sy,sw,sh is refused), `quality=1..100`, `accept=<media type>` (overrides
-    the Accept header), `annotation` refused (nothing is burnt in), `iccprofile=no` only.
-    Default media type: image/jpeg (PS3.18 8.3.5.1.2).
-    """
-    if params.get("annotation"):
-        raise QueryError("annotation is not supported: rendered images carry no burnt-in text")
-    if (params.get("iccprofile") or "no").lower() not in ("no", ""):
-        raise QueryError("iccprofile is not supported (only iccprofile=no)")
-    accept = params.get("accept") or accept_header
-    image_format = _rendered_format(accept)
-    width = height = size = None
-    viewport = params.get("viewport")
-    if viewport:
-        pieces = [p.strip() for p in viewport.split(",")]
-        if len(pieces) == 6:
-            raise QueryError("viewport cropping (vw,vh,sx,sy,sw,sh) is not supported; give viewport=vw,vh")
-        if len(pieces) != 2:
-            raise QueryError(f"viewport must be 'vw,vh', not '{viewport[:40]}'")
-        for piece in pieces:
-            if piece and not (piece.isascii() and piece.isdigit() and 1 <= int(piece) <= rendering.MAX_OUTPUT_SIDE):
-                raise QueryError(f"viewport sizes must be whole numbers from 1 to {rendering.MAX_OUTPUT_SIDE}")
-        width = int(pieces[0]) if pieces[0] else None
-        height = int(pieces[1]) if pieces[1] else None
-    elif thumbnail_size:
-        size = thumbnail_size
-    quality = params.get("quality") or "90"
-    if not (quality.isascii() and quality.isdigit() and 1 <= int(quality) <= 100):
-        raise QueryError(f"quality must be a whole number from 1 to 100, not '{quality[:20]}'")
-    try:
-        window = rendering.parse_window(params["window"]) if params.get("window") else None
-    except rendering.InvalidRenderParameter as exc:
-        raise QueryError(str(exc)) from None
-    return rendering.RenderOptions(
-        frame=frame - 1, window=window, size=size, width=width, height=height,
-        image_format=image_format, quality=int(quality),
-    )
-
-
-def _rendered_format(accept: str) -> str:
-    offered = list(RENDERED_MEDIA_TYPES)
-    for part in _split_outside_quotes(accept or "", ","):
-        media, *parameters = [p.strip().lower() for p in part.split(";")]
-        if not media or any(rendering.is_q_zero(p) for p in parameters):
-            continue
-        for candidate in ["image/jpeg", *offered]:
-            if matches_type(media, candidate):
-                return RENDERED_MEDIA_TYPES[candidate]
-    if accept and accept.strip():
-        raise NotAcceptable(f"rendered images are {', '.join(offered)}")
-    return "jpeg"
 
 
 # --- STOW-RS response ------------------------------------------------------------------------
