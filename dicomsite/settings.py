@@ -102,8 +102,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "studies.audit.RequestIdMiddleware",
-    "studies.middleware.RejectNulInQueryMiddleware",
+    "dicomsite.logging.RequestIdMiddleware",
+    "studies.http.middleware.RejectNulInQueryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before CommonMiddleware: answers CORS preflights for /dicomweb/ (and only there).
@@ -115,7 +115,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: it sees the final status of every view, including DRF's authentication result.
-    "studies.audit.AuditMiddleware",
+    "studies.audit.middleware.AuditMiddleware",
 ]
 # Audit events record REMOTE_ADDR; behind a reverse proxy that sets X-Forwarded-For, turn this on.
 AUDIT_TRUST_X_FORWARDED_FOR = env_bool("AUDIT_TRUST_X_FORWARDED_FOR", False)
@@ -295,10 +295,10 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "studies.audit.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "dicomsite.logging.RequestIdFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
-        "json": {"()": "studies.audit.JsonFormatter"},
+        "json": {"()": "dicomsite.logging.JsonFormatter"},
     },
     "handlers": {
         "console": {

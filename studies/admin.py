@@ -18,8 +18,9 @@ from django.utils.html import format_html
 from pydicom.uid import UID
 
 from . import selectors, services
+from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
 from dicomcore import rendering, tags
-from .models import AuditEvent, Instance, Series, Study
+from .models import Instance, Series, Study
 from .outcome import Outcome, counts as status_counts
 from .uploads import as_staged
 
@@ -261,88 +262,57 @@ def _first_image(**match):
     )
 
 
+class LevelAdmin(OwnerScopedAdmin):
+    """What the Study and Series admins share: a representative thumbnail and the instance count of
+    the level (`level`: the Instance field that points at this model), each one subquery per page."""
+
+    level = ""
+    ordering = ["-created_at"]
+
+    def get_queryset(self, request):
+        match = {self.level: OuterRef("pk")}
+        return super().get_queryset(request).annotate(
+            first_image=_first_image(**match), n_instances=selectors.related_count(Instance, **match)
+        )
+
+    @admin.display(description="Image")
+    def thumbnail(self, obj):
+        return thumbnail_html(obj.first_image)
+
+    @admin.display(description="Instances")
+    def instance_count(self, obj):
+        return _changelist_link("instance", self.level, obj.pk, obj.n_instances or 0)
+
+
 @admin.register(Study)
-class StudyAdmin(OwnerScopedAdmin):
+class StudyAdmin(LevelAdmin):
+    level = "study"
     list_display = ["thumbnail", "patient_name", "patient_id", "study_date", "study_description", "accession_number", "series_count", "instance_count", "owner"]
     list_display_links = ["thumbnail", "patient_name"]
     list_filter = ["study_date"]
     search_fields = ["patient_name", "patient_id", "accession_number", "=study_instance_uid"]
     list_select_related = ["owner"]
     date_hierarchy = "study_date"
-    ordering = ["-created_at"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            first_image=_first_image(study=OuterRef("pk")),
-            n_series=selectors.related_count(Series, study=OuterRef("pk")),
-            n_instances=selectors.related_count(Instance, study=OuterRef("pk")),
-        )
-
-    @admin.display(description="Image")
-    def thumbnail(self, obj):
-        return thumbnail_html(obj.first_image)
+        return super().get_queryset(request).annotate(n_series=selectors.related_count(Series, study=OuterRef("pk")))
 
     @admin.display(description="Series")
     def series_count(self, obj):
         return _changelist_link("series", "study", obj.pk, obj.n_series or 0)
 
-    @admin.display(description="Instances")
-    def instance_count(self, obj):
-        return _changelist_link("instance", "study", obj.pk, obj.n_instances or 0)
-
 
 @admin.register(Series)
-class SeriesAdmin(OwnerScopedAdmin):
+class SeriesAdmin(LevelAdmin):
+    level = "series"
     list_display = ["thumbnail", "series_description", "series_number", "modality", "study_link", "instance_count", "owner"]
     list_display_links = ["thumbnail", "series_description"]
     list_filter = ["modality"]
     search_fields = ["series_description", "study__patient_name", "study__patient_id", "=series_instance_uid", "=study__study_instance_uid"]
     list_select_related = ["owner", "study"]
-    ordering = ["-created_at"]
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            first_image=_first_image(series=OuterRef("pk")),
-            n_instances=selectors.related_count(Instance, series=OuterRef("pk")),
-        )
-
-    @admin.display(description="Image")
-    def thumbnail(self, obj):
-        return thumbnail_html(obj.first_image)
 
     @admin.display(description="Study")
     def study_link(self, obj):
         study = obj.study
         text = f"{study.patient_name or study.patient_id or 'Study'} {study.study_date or ''}".strip()
         return _changelist_link("series", "study", obj.study_id, text)
-
-    @admin.display(description="Instances")
-    def instance_count(self, obj):
-        return _changelist_link("instance", "series", obj.pk, obj.n_instances or 0)
-
-
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    """The audit trail, read-only: no add, no change, no delete, for anyone (superusers included)."""
-
-    list_display = ["at", "username", "action", "object_type", "object_id", "outcome", "status", "client_address", "request_id"]
-    list_filter = ["outcome", "action", "at"]
-    search_fields = ["username", "=object_id", "=request_id", "=client_address"]
-    date_hierarchy = "at"
-    list_per_page = 100
-    show_full_result_count = False
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_superuser
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_superuser
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -66,12 +66,13 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 
+from dicomsite.logging import request_id_var
+
 from . import services
-from .audit import request_id_var
+from .audit.events import write_event
 from .errors import ServiceError, UploadTooLarge
 from .http.status import HTTP_STATUS
 from .outcome import Outcome, Reason
-from .models import AuditEvent
 from .uploads import CHUNK_SIZE, stage_stream
 
 logger = logging.getLogger(__name__)
@@ -330,19 +331,18 @@ def _error_comment(text: str) -> str:
     return cleaned[:ERROR_COMMENT_LENGTH].strip()
 
 
-def _audit(event, owner, outcome: StoreAnswer) -> None:
+def _audit(event, owner, answer: StoreAnswer) -> None:
     try:
-        AuditEvent.objects.create(
+        write_event(
             user=owner,
-            username=owner.get_username(),
             action="dimse-c-store",
             method="DIMSE",
-            object_type=outcome.object_type if outcome.object_id else "",
-            object_id=outcome.object_id[:64],
-            outcome=outcome.audit_outcome,
-            status=outcome.audit_status,
-            client_address=event.assoc.requestor.address or None,
-            request_id=request_id_var.get()[:64],
+            object_type=answer.object_type,
+            object_id=answer.object_id,
+            outcome=answer.audit_outcome,
+            status=answer.audit_status,
+            client_address=event.assoc.requestor.address,
+            request_id=request_id_var.get(),
         )
     except Exception:  # noqa: BLE001 - as in AuditMiddleware: loud in the log, but the peer still gets its answer
         logger.exception("audit event could not be written")

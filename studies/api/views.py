@@ -312,48 +312,51 @@ ARCHIVE_RESPONSES = {
 }
 
 
+class LevelViewSet(viewsets.ReadOnlyModelViewSet):
+    """What the study and series endpoints share: list, detail with children, and a zip of the
+    level's original files. Subclasses name the selector, serializers and the zip's name."""
+
+    lookup_value_regex = UUID_PATTERN
+    scoped = staticmethod(selectors.studies_for)
+    list_serializer = StudySerializer
+    detail_serializer = StudyDetailSerializer
+    uid_field = "study_instance_uid"
+    level = "study"
+
+    def get_queryset(self):
+        return self.scoped(self.request.user)
+
+    def get_serializer_class(self):
+        return self.detail_serializer if self.action == "retrieve" else self.list_serializer
+
+    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=FirstRendererNegotiation)
+    def archive(self, request, pk=None):
+        obj = self.get_object()
+        return _archive_response(obj.instances.all(), f"{self.level}-{getattr(obj, self.uid_field)}.zip")
+
+
 @extend_schema_view(
     list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A study with its series", responses={200: StudyDetailSerializer, **errors(401, 404)}),
+    archive=extend_schema(summary="Download the study as a zip of its original files", responses=ARCHIVE_RESPONSES),
 )
-class StudyViewSet(viewsets.ReadOnlyModelViewSet):
+class StudyViewSet(LevelViewSet):
     """Studies in your catalogue."""
-
-    lookup_value_regex = UUID_PATTERN
-
-    def get_queryset(self):
-        return selectors.studies_for(self.request.user)
-
-    def get_serializer_class(self):
-        return StudyDetailSerializer if self.action == "retrieve" else StudySerializer
-
-    @extend_schema(summary="Download the study as a zip of its original files", responses=ARCHIVE_RESPONSES)
-    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=FirstRendererNegotiation)
-    def archive(self, request, pk=None):
-        study = self.get_object()
-        return _archive_response(study.instances.all(), f"study-{study.study_instance_uid}.zip")
 
 
 @extend_schema_view(
     list=extend_schema(summary="List your series", responses={200: SeriesSerializer, **errors(401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A series with its instances", responses={200: SeriesDetailSerializer, **errors(401, 404)}),
+    archive=extend_schema(summary="Download the series as a zip of its original files", responses=ARCHIVE_RESPONSES),
 )
-class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
+class SeriesViewSet(LevelViewSet):
     """Series in your catalogue."""
 
-    lookup_value_regex = UUID_PATTERN
-
-    def get_queryset(self):
-        return selectors.series_for(self.request.user)
-
-    def get_serializer_class(self):
-        return SeriesDetailSerializer if self.action == "retrieve" else SeriesSerializer
-
-    @extend_schema(summary="Download the series as a zip of its original files", responses=ARCHIVE_RESPONSES)
-    @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=FirstRendererNegotiation)
-    def archive(self, request, pk=None):
-        series = self.get_object()
-        return _archive_response(series.instances.all(), f"series-{series.series_instance_uid}.zip")
+    scoped = staticmethod(selectors.series_for)
+    list_serializer = SeriesSerializer
+    detail_serializer = SeriesDetailSerializer
+    uid_field = "series_instance_uid"
+    level = "series"
 
 
 def _archive_response(instances, filename: str) -> StreamingHttpResponse:

@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from studies.audit import JsonFormatter, RequestIdFilter
+from dicomsite.logging import JsonFormatter, RequestIdFilter
 from studies.models import AuditEvent
 
 from .conftest import client_for, dicom_bytes, drain, upload

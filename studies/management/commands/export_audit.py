@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
-from ...models import AuditEvent
-
-FIELDS = ["at", "username", "action", "method", "object_type", "object_id", "outcome", "status", "client_address", "request_id"]
+from ...audit.export import write_csv
 
 
 def _date(text: str) -> dt.date:
@@ -32,20 +28,9 @@ class Command(BaseCommand):
         first, last = _date(since), _date(until)
         if last < first:
             raise CommandError("--until is before --since")
-        zone = timezone.get_current_timezone()
-        start = dt.datetime.combine(first, dt.time.min, tzinfo=zone)
-        end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time.min, tzinfo=zone)
-        events = AuditEvent.objects.filter(at__gte=start, at__lt=end).order_by("at", "id").values_list(*FIELDS)
-        handle = open(output, "w", newline="", encoding="utf-8") if output else self.stdout  # noqa: SIM115
-        try:
-            writer = csv.writer(handle)
-            writer.writerow(FIELDS)
-            count = 0
-            for row in events.iterator(chunk_size=2000):
-                writer.writerow([value.isoformat() if isinstance(value, dt.datetime) else value for value in row])
-                count += 1
-        finally:
-            if output:
-                handle.close()
-        if output:
-            self.stdout.write(self.style.SUCCESS(f"{count} event(s) written to {output}"))
+        if not output:
+            write_csv(self.stdout, first, last)
+            return
+        with open(output, "w", newline="", encoding="utf-8") as handle:
+            count = write_csv(handle, first, last)
+        self.stdout.write(self.style.SUCCESS(f"{count} event(s) written to {output}"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.http import HttpResponseBadRequest, JsonResponse
 
+from .errors import error_body
+
 
 class RejectNulInQueryMiddleware:
     """A NUL character in a query parameter is never meaningful, and PostgreSQL refuses it in any
@@ -16,6 +18,6 @@ class RejectNulInQueryMiddleware:
         if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
             message = "query parameters must not contain NUL characters"
             if request.path.startswith(("/api/", "/dicomweb/")):
-                return JsonResponse({"error": message, "code": "invalid_parameter"}, status=400)
+                return JsonResponse(error_body(message, "invalid_parameter"), status=400)
             return HttpResponseBadRequest(message)
         return self.get_response(request)

@@ -1,7 +1,5 @@
-"""Audit trail and request ids.
+"""The audit trail of HTTP requests.
 
-`RequestIdMiddleware` gives every request an id (a valid incoming X-Request-ID, else a new
-one), returns it in the response and puts it on every log record of the request.
 `AuditMiddleware` writes one append-only AuditEvent for every request that reads or changes
 patient data (the API's instance/study/series/tag routes, DICOMweb, the catalogue's admin
 pages), whatever its outcome: success, denied, not_found (no such object), refused (bad
@@ -11,62 +9,18 @@ denied: the client is not told, the audit trail is.
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
 import re
-import uuid
 
 from django.conf import settings
 from django.urls import Resolver404, resolve
 
-logger = logging.getLogger(__name__)
+from .events import write_event
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+logger = logging.getLogger(__name__)
 
 AUDITED_PREFIXES = ("/api/instances", "/api/studies", "/api/series", "/api/tags", "/api/auth", "/dicomweb/", "/admin/studies/")
 OBJECT_TYPES = {"instance": "instance", "study": "study", "series": "series"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, request id, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"),
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every log record (\"-\" outside a request)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
-
-
-class RequestIdMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
-        request.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request.request_id)
-        try:
-            response = self.get_response(request)
-        finally:
-            request_id_var.reset(token)
-        response["X-Request-ID"] = request.request_id
-        return response
 
 
 class AuditMiddleware:
@@ -85,8 +39,6 @@ class AuditMiddleware:
 
 def record(request, status: int) -> None:
     """Write the AuditEvent for one finished request."""
-    from .models import AuditEvent
-
     action, object_type, object_id = describe(request)
     # DRF authenticates (token, basic) inside the view and sets the user on Django's request too.
     user = getattr(request, "user", None)
@@ -94,17 +46,16 @@ def record(request, status: int) -> None:
     outcome = _outcome(status)
     if status == 404 and authenticated and object_type and object_id and _exists(object_type, object_id):
         outcome = "denied"
-    AuditEvent.objects.create(
+    write_event(
         user=user if authenticated else None,
-        username=user.get_username() if authenticated else "",
         action=action,
-        method=request.method[:8],
+        method=request.method,
         object_type=object_type,
-        object_id=object_id[:64],
+        object_id=object_id,
         outcome=outcome,
         status=status,
         client_address=client_address(request),
-        request_id=getattr(request, "request_id", "")[:64],
+        request_id=getattr(request, "request_id", ""),
     )
 
 
@@ -148,7 +99,7 @@ def _outcome(status: int) -> str:
 
 def _exists(object_type: str, object_id: str) -> bool:
     """Whether the object exists for anyone: by id (REST API, admin) or by DICOM UID (DICOMweb paths)."""
-    from .models import Instance, Series, Study
+    from ..models import Instance, Series, Study  # the catalogue's models import this package's
 
     model, uid_field = {
         "instance": (Instance, "sop_instance_uid"),
