@@ -23,10 +23,10 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.utils import get_expected_length, pack_bits
 from pydicom.uid import UID
 
+from .constants import EXPLICIT_LE
 from .rendering import RenderError, check_frame, check_native_length, decode_frame, read_attributes
 
 LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
-EXPLICIT_LE = pydicom.uid.ExplicitVRLittleEndian
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from pydicom.multival import MultiValue
 from pydicom.values import convert_value
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-PREAMBLE_LENGTH = 128
+from .constants import PREAMBLE_LENGTH, parse_da
+
 # Media Storage Directory Storage: a DICOMDIR, which lists files instead of being one.
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
@@ -313,12 +314,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _date(ds: Dataset, keyword: str) -> dt.date | None:
-    text = _text(ds, keyword, 32)
-    digits = text.replace(".", "")[:8]  # old ACR-NEMA style "1999.01.02" is still seen
-    try:
-        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
-    except ValueError:
-        return None
+    return parse_da(_text(ds, keyword, 32), lenient=True)  # old ACR-NEMA style "1999.01.02" is still seen
 
 
 def _uid(ds: Dataset, keyword: str, *, required: bool, label: str) -> str:

@@ -26,10 +26,9 @@ from typing import BinaryIO
 
 import pydicom
 
+from .constants import CHUNK_SIZE, DICM, PREAMBLE_LENGTH
 from .parsing import InvalidDicom, NotAnInstance, ParsedDicom, StoredBytesHasher, parse_dicom
 
-PREAMBLE_LENGTH = 128
-DICM = b"DICM"
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 
@@ -231,7 +230,6 @@ def _archive(path: str, mtime_ns: int, size: int) -> zipfile.ZipFile:  # mtime a
 
 # --- preparing a file for the catalogue (runs in import worker processes) ----------------------
 
-CHUNK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)

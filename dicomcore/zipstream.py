@@ -13,7 +13,8 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-CHUNK_SIZE = 1024 * 1024
+from .constants import CHUNK_SIZE
+
 
 
 class _Sink:

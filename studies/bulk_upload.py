@@ -10,6 +10,7 @@ from contextlib import nullcontext
 
 from . import services
 from dicomcore import sources
+from dicomcore.constants import DICM, PREAMBLE_LENGTH
 from .errors import ServiceError
 from .importer import not_imported, zip_limits
 from .outcome import Outcome, Reason
@@ -53,7 +54,7 @@ def _ingest_zip(owner, upload, name: str) -> Iterator[Outcome]:
                 yield Outcome(Reason.UNREADABLE, reason, label=item.label, size=item.size)
                 continue
             staged.seek(0)
-            reason = sources.classify(staged.read(sources.PREAMBLE_LENGTH + 4), item.member.rsplit("/", 1)[-1])
+            reason = sources.classify(staged.read(PREAMBLE_LENGTH + len(DICM)), item.member.rsplit("/", 1)[-1])
             staged.seek(0)
             if reason:  # README.TXT, a JPEG...: skipped as import_dicom does, not an error
                 staged.close()

@@ -66,6 +66,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 
+from dicomcore.constants import CHUNK_SIZE, DICM, PREAMBLE_LENGTH
 from dicomsite.logging import request_id_var
 
 from . import services
@@ -73,7 +74,7 @@ from .audit.events import write_event
 from .errors import ServiceError, UploadTooLarge
 from .http.status import HTTP_STATUS
 from .outcome import Outcome, Reason
-from .uploads import CHUNK_SIZE, stage_stream
+from .uploads import stage_stream
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def _stage(event, size: int):
         with open(event.dataset_path, "rb") as handle:
             return stage_stream(handle)
     # What event.encoded_dataset() returns, without joining a second in-memory copy of the data set.
-    head = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+    head = bytes(PREAMBLE_LENGTH) + DICM + encode_file_meta(event.file_meta)
     return stage_stream(_Chained(head, event.request.DataSet))
 
 

@@ -20,7 +20,8 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
-from dicomcore.parsing import PREAMBLE_LENGTH, InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
+from dicomcore.constants import PREAMBLE_LENGTH
+from dicomcore.parsing import InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
 from .errors import CatalogueBusy, Conflict, InvalidUpload, SeriesConflict, ServiceError, StorageFailure, UploadTooLarge
 from .models import Instance, Series, Study, instance_file_key
 from .outcome import Outcome, Reason

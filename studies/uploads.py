@@ -13,10 +13,11 @@ from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 
+from dicomcore.constants import CHUNK_SIZE
 from dicomcore.parsing import StoredBytesHasher
+
 from .errors import UploadTooLarge
 
-CHUNK_SIZE = 1024 * 1024
 
 
 class StagedFile(TemporaryUploadedFile):

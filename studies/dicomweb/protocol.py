@@ -20,6 +20,8 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID
 
+from dicomcore.constants import EXPLICIT_LE, IMPLICIT_LE, parse_da
+
 from ..http.negotiation import Acceptable, NotAcceptable, matches_type
 
 
@@ -220,13 +222,10 @@ def _range(value: str, convert, keyword: str) -> tuple[Any, Any]:
 
 
 def _date(text: str, keyword: str) -> dt.date:
-    text = text.strip()
-    try:
-        if not re.fullmatch(r"\d{8}", text):
-            raise ValueError(text)
-        return dt.datetime.strptime(text, "%Y%m%d").date()
-    except ValueError:
-        raise QueryError(f"{keyword} must be a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD, not '{text[:20]}'") from None
+    date = parse_da(text)
+    if date is None:
+        raise QueryError(f"{keyword} must be a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD, not '{text.strip()[:20]}'")
+    return date
 
 
 def _time(text: str, keyword: str) -> str:
@@ -267,8 +266,6 @@ def vr_of(tag: str) -> str:
 
 # --- Accept headers and transfer syntaxes ----------------------------------------------------
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_LE = "1.2.840.10008.1.2"
 # Media types of compressed frames by transfer syntax (PS3.18 Table 8.7.3-2 / -3).
 FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.50": "image/jpeg",

@@ -13,11 +13,13 @@ from django.conf import settings
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from dicomcore.constants import CHUNK_SIZE
+
 from .. import services
 from . import protocol as web
 from ..errors import InvalidParameter, ServiceError, UploadTooLarge
 from ..outcome import Outcome, Reason
-from ..uploads import CHUNK_SIZE, StagedFile, stage_stream
+from ..uploads import StagedFile, stage_stream
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from rest_framework.views import APIView
 
 from dicomcore import frames as frame_reader
 from dicomcore import rendering
+from dicomcore.constants import CHUNK_SIZE
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.images import image_response
 from ..http.negotiation import NotAcceptable, parse_accept
 from ..imaging import open_stored
-from ..uploads import CHUNK_SIZE
 from . import protocol as web
 from . import qido, stow
 

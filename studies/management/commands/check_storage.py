@@ -18,10 +18,11 @@ from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from dicomcore.constants import CHUNK_SIZE
+
 from ...models import Instance
 
 ROOT = "dicom"
-CHUNK = 1024 * 1024
 
 
 def stored_keys(storage, folder: str = ROOT):
@@ -39,7 +40,7 @@ def stored_keys(storage, folder: str = ROOT):
 def file_sha256(storage, key: str) -> str:
     hasher = hashlib.sha256()  # the row's sha256 is of the stored bytes, preamble included
     with storage.open(key, "rb") as handle:
-        while chunk := handle.read(CHUNK):
+        while chunk := handle.read(CHUNK_SIZE):
             hasher.update(chunk)
     return hasher.hexdigest()
 
