@@ -328,6 +328,34 @@ def _uid(ds: Dataset, keyword: str, *, required: bool, label: str) -> str:
     return value
 
 
+# ParsedDicom's fields read from the header by keyword (text with the column's length).
+TEXT_FIELDS: dict[str, tuple[str, int]] = {
+    "modality": ("Modality", 16),
+    "patient_name": ("PatientName", 255),
+    "patient_id": ("PatientID", 64),
+    "patient_sex": ("PatientSex", 16),
+    "study_time": ("StudyTime", 32),
+    "study_id": ("StudyID", 64),
+    "accession_number": ("AccessionNumber", 64),
+    "study_description": ("StudyDescription", 255),
+    "referring_physician_name": ("ReferringPhysicianName", 255),
+    "series_description": ("SeriesDescription", 255),
+    "body_part_examined": ("BodyPartExamined", 64),
+    "photometric_interpretation": ("PhotometricInterpretation", 32),
+}
+INT_FIELDS: dict[str, str] = {
+    "series_number": "SeriesNumber",
+    "instance_number": "InstanceNumber",
+    "rows": "Rows",
+    "columns": "Columns",
+    "samples_per_pixel": "SamplesPerPixel",
+    "bits_allocated": "BitsAllocated",
+    "bits_stored": "BitsStored",
+    "pixel_representation": "PixelRepresentation",
+}
+DATE_FIELDS: dict[str, str] = {"patient_birth_date": "PatientBirthDate", "study_date": "StudyDate"}
+
+
 def _summarise(
     ds: Dataset,
     *,
@@ -365,31 +393,12 @@ def _summarise(
         transfer_syntax_uid=clean_text(transfer_syntax)[:UID_MAX_LENGTH],
         study_instance_uid=_uid(ds, "StudyInstanceUID", required=True, label="Study Instance UID"),
         series_instance_uid=_uid(ds, "SeriesInstanceUID", required=True, label="Series Instance UID"),
-        modality=_text(ds, "Modality", 16),
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID", 64),
-        patient_birth_date=_date(ds, "PatientBirthDate"),
-        patient_sex=_text(ds, "PatientSex", 16),
-        study_date=_date(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime", 32),
-        study_id=_text(ds, "StudyID", 64),
-        accession_number=_text(ds, "AccessionNumber", 64),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician_name=_text(ds, "ReferringPhysicianName"),
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        body_part_examined=_text(ds, "BodyPartExamined", 64),
-        instance_number=_int(ds, "InstanceNumber"),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
         number_of_frames=frames,
-        samples_per_pixel=_int(ds, "SamplesPerPixel"),
-        photometric_interpretation=_text(ds, "PhotometricInterpretation", 32),
-        bits_allocated=_int(ds, "BitsAllocated"),
-        bits_stored=_int(ds, "BitsStored"),
-        pixel_representation=_int(ds, "PixelRepresentation"),
         pixel_data=pixel_info,
         header=header,
+        **{name: _text(ds, keyword, length) for name, (keyword, length) in TEXT_FIELDS.items()},
+        **{name: _int(ds, keyword) for name, keyword in INT_FIELDS.items()},
+        **{name: _date(ds, keyword) for name, keyword in DATE_FIELDS.items()},
     )
 
 

@@ -377,27 +377,10 @@ def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: 
 def _study_and_series(owner, parsed: ParsedDicom) -> tuple[Study, Series]:
     """The owner's Study and Series for this file, created when new (inside the caller's transaction)."""
     study = _locked(Study, owner=owner, study_instance_uid=parsed.study_instance_uid) or Study.objects.create(
-        owner=owner,
-        study_instance_uid=parsed.study_instance_uid,
-        patient_name=parsed.patient_name,
-        patient_id=parsed.patient_id,
-        patient_birth_date=parsed.patient_birth_date,
-        patient_sex=parsed.patient_sex,
-        study_date=parsed.study_date,
-        study_time=parsed.study_time,
-        study_id=parsed.study_id,
-        accession_number=parsed.accession_number,
-        study_description=parsed.study_description,
-        referring_physician_name=parsed.referring_physician_name,
+        owner=owner, **_copied(parsed, STUDY_FIELDS)
     )
     series = _locked(Series, owner=owner, series_instance_uid=parsed.series_instance_uid) or Series.objects.create(
-        owner=owner,
-        series_instance_uid=parsed.series_instance_uid,
-        study=study,
-        modality=parsed.modality,
-        series_number=parsed.series_number,
-        series_description=parsed.series_description,
-        body_part_examined=parsed.body_part_examined,
+        owner=owner, study=study, **_copied(parsed, SERIES_FIELDS)
     )
     if series.study_id != study.id:
         raise SeriesConflict(
@@ -406,6 +389,28 @@ def _study_and_series(owner, parsed: ParsedDicom) -> tuple[Study, Series]:
             series=str(series.id),
         )
     return study, series
+
+
+# Catalogue columns copied from the parsed header; ParsedDicom and the models use the same names.
+STUDY_FIELDS = (
+    "study_instance_uid", "patient_name", "patient_id", "patient_birth_date", "patient_sex", "study_date",
+    "study_time", "study_id", "accession_number", "study_description", "referring_physician_name",
+)
+SERIES_FIELDS = ("series_instance_uid", "modality", "series_number", "series_description", "body_part_examined")
+INSTANCE_FIELDS = (
+    "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "modality", "instance_number", "number_of_frames",
+    "photometric_interpretation", "has_pixel_data", "patient_name", "patient_id", "study_date", "accession_number",
+    "study_description", "series_description", "header",
+)
+# Instance columns narrower than a DICOM US/IS value: a value out of their range is stored as NULL.
+BOUNDED_FIELDS = {
+    "rows": 2**31 - 1, "columns": 2**31 - 1, "samples_per_pixel": 32767,
+    "bits_allocated": 32767, "bits_stored": 32767, "pixel_representation": 32767,
+}  # fmt: skip
+
+
+def _copied(parsed: ParsedDicom, names: tuple[str, ...]) -> dict:
+    return {name: getattr(parsed, name) for name in names}
 
 
 def _new_instance(owner, parsed: ParsedDicom, instance_id, stored_name: str, study: Study, series: Series, *, sha256: str, size: int, original_name: str) -> Instance:
@@ -418,31 +423,12 @@ def _new_instance(owner, parsed: ParsedDicom, instance_id, stored_name: str, stu
         original_filename=original_name,
         sha256=sha256,
         size=size,
-        sop_instance_uid=parsed.sop_instance_uid,
-        sop_class_uid=parsed.sop_class_uid,
-        transfer_syntax_uid=parsed.transfer_syntax_uid,
-        modality=parsed.modality,
-        instance_number=parsed.instance_number,
-        rows=_unsigned(parsed.rows),
-        columns=_unsigned(parsed.columns),
-        number_of_frames=parsed.number_of_frames,
-        samples_per_pixel=_unsigned(parsed.samples_per_pixel, 32767),
-        photometric_interpretation=parsed.photometric_interpretation,
-        bits_allocated=_unsigned(parsed.bits_allocated, 32767),
-        bits_stored=_unsigned(parsed.bits_stored, 32767),
-        pixel_representation=_unsigned(parsed.pixel_representation, 32767),
-        has_pixel_data=parsed.has_pixel_data,
-        patient_name=parsed.patient_name,
-        patient_id=parsed.patient_id,
-        study_date=parsed.study_date,
-        accession_number=parsed.accession_number,
-        study_description=parsed.study_description,
-        series_description=parsed.series_description,
-        header=parsed.header,
+        **_copied(parsed, INSTANCE_FIELDS),
+        **{name: _unsigned(getattr(parsed, name), maximum) for name, maximum in BOUNDED_FIELDS.items()},
     )
 
 
-def _unsigned(value: int | None, maximum: int = 2**31 - 1) -> int | None:
+def _unsigned(value: int | None, maximum: int) -> int | None:
     return value if value is not None and 0 <= value <= maximum else None
 
 

@@ -67,6 +67,15 @@ IMAGE_PARAMETERS = [
 ]
 
 
+def image_responses(*formats: str, not_modified: str) -> dict:
+    """OpenAPI responses of an image action: the formats (first = default), 304, and its errors."""
+    return {
+        **{(200, f"image/{name}"): OpenApiTypes.BINARY for name in formats},
+        304: OpenApiResponse(description=not_modified),
+        **errors(400, 401, 404, 422),
+    }
+
+
 class InstanceFilterParams:
     """Query parameters of the instance list, for the OpenAPI schema."""
 
@@ -256,13 +265,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
             "the pixel data cannot be decoded (the message names the transfer syntax) or the frame is too large."
         ),
         parameters=IMAGE_PARAMETERS,
-        responses={
-            (200, "image/png"): OpenApiTypes.BINARY,
-            (200, "image/jpeg"): OpenApiTypes.BINARY,
-            (200, "image/webp"): OpenApiTypes.BINARY,
-            304: OpenApiResponse(description="Not modified (If-None-Match matched the ETag)."),
-            **errors(400, 401, 404, 422),
-        },
+        responses=image_responses("png", "jpeg", "webp", not_modified="Not modified (If-None-Match matched the ETag)."),
     )
     @action(detail=True, methods=["get"], url_path="image", content_negotiation_class=FirstRendererNegotiation)
     def image(self, request, pk=None):
@@ -273,13 +276,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
         summary="Thumbnail (default 256 px, JPEG)",
         description="The first frame (or `frame`) with the file's default window, fitted in `size` (default 256).",
         parameters=IMAGE_PARAMETERS,
-        responses={
-            (200, "image/jpeg"): OpenApiTypes.BINARY,
-            (200, "image/png"): OpenApiTypes.BINARY,
-            (200, "image/webp"): OpenApiTypes.BINARY,
-            304: OpenApiResponse(description="Not modified."),
-            **errors(400, 401, 404, 422),
-        },
+        responses=image_responses("jpeg", "png", "webp", not_modified="Not modified."),
     )
     @action(detail=True, methods=["get"], url_path="thumbnail", content_negotiation_class=FirstRendererNegotiation)
     def thumbnail(self, request, pk=None):

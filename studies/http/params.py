@@ -109,15 +109,8 @@ def rest_options(
     if bits == 16 and chosen_format != "png":
         raise InvalidRenderParameter("bits=16 needs format=png (JPEG and WebP are 8-bit)")
     return RenderOptions(
-        frame=frame - 1,
-        window=chosen_window,
-        preset=None if preset == "default" else preset,
-        size=size,
-        width=width,
-        height=height,
-        image_format=chosen_format,
-        quality=chosen_quality,
-        bits=bits,
+        frame=frame - 1, window=chosen_window, preset=None if preset == "default" else preset,
+        size=size, width=width, height=height, image_format=chosen_format, quality=chosen_quality, bits=bits,
     )
 
 
