@@ -91,7 +91,7 @@ def _frame(fp: BinaryIO, pixels: PixelLayout, index: int, *, keep: bool) -> byte
         fp.seek(pixels.value_offset)
         try:
             return get_frame(fp, index, number_of_frames=pixels.frames)
-        except Exception as exc:  # noqa: BLE001 - a corrupt fragment table: that frame cannot be sent
+        except Exception as exc:
             raise RenderError(f"frame {index + 1} cannot be read from the stored file ({type(exc).__name__})") from exc
     little = pixels.ds.original_encoding[1] is not False
     if pixels.frame_length and pixels.value_offset is not None and (keep or little):
@@ -128,7 +128,7 @@ def to_explicit_little_endian(fp: BinaryIO, *, max_bytes: int) -> bytes:
         raise
     except (MemoryError, RecursionError):
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure means this instance cannot be converted
+    except Exception as exc:
         raise RenderError(f"this instance cannot be converted to Explicit VR Little Endian ({type(exc).__name__})") from exc
     return out.getvalue()
 
@@ -171,7 +171,7 @@ def bulk_value(fp: BinaryIO, steps: list[int | str]) -> bytes | None:
                 current = current[int(step)]
     except (MemoryError, RecursionError):
         raise
-    except Exception as exc:  # noqa: BLE001 - the stored file was validated at upload; anything now is corruption
+    except Exception as exc:
         raise RenderError(f"the stored file cannot be read ({type(exc).__name__})") from exc
     raw = current
     if isinstance(raw, (bytes, bytearray)):

@@ -22,8 +22,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.jsonrep import convert_to_python_number
 from pydicom.multival import MultiValue
-from pydicom.values import convert_value
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.values import convert_value
 
 from .constants import PREAMBLE_LENGTH, parse_da
 
@@ -176,7 +176,7 @@ def parse_dicom(
         raise InvalidDicom("the header is too large to read") from exc
     # Hostile or broken input makes pydicom raise almost anything (EOFError, OSError,
     # struct.error, ValueError, KeyError, NotImplementedError...); all of it means "cannot read".
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InvalidDicom(f"the DICOM header cannot be read ({type(exc).__name__}: {_first_line(exc)})") from exc
 
 

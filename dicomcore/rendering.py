@@ -133,7 +133,7 @@ def render(
         image = to_display(arr, ds, options)
     except (RenderError, MemoryError):
         raise
-    except Exception as exc:  # noqa: BLE001 - malformed LUT/rescale attributes (e.g. a text Rescale Slope)
+    except Exception as exc:
         raise RenderError(f"the image attributes cannot be applied ({type(exc).__name__})") from exc
     image = resize(image, options)
     return encode(image, options.image_format, quality=options.quality)
@@ -159,7 +159,7 @@ def decode_frame(fp: BinaryIO, ds: Dataset, frame: int) -> np.ndarray:
     # Codecs raise many types on unsupported or corrupt input (NotImplementedError, RuntimeError,
     # ValueError, struct.error...); Rust codecs (pylibjpeg-rle) panic with pyo3's PanicException,
     # a BaseException. All of them mean the frame cannot be shown.
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         raise RenderError(_decode_failure(ds, exc)) from exc
 
 
@@ -181,7 +181,7 @@ def read_attributes(fp: BinaryIO) -> Dataset:
             has_pixels = len(head) == 4 and (
                 int.from_bytes(head[:2], "little") == 0x7FE0 or int.from_bytes(head[:2], "big") == 0x7FE0
             )
-    except Exception as exc:  # noqa: BLE001 - the stored file was validated at upload; anything now is corruption
+    except Exception as exc:
         raise RenderError(f"the stored file cannot be read ({type(exc).__name__})") from exc
     if not has_pixels:
         raise NoPixelData("this instance has no pixel data")
@@ -232,7 +232,7 @@ def check_frame(ds: Dataset, frame: int, max_frame_bytes: int) -> None:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         bits = int(ds.get("BitsAllocated", 8) or 8)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except Exception as exc:  # noqa: BLE001 - incl. pydicom's BytesLengthException for odd-length US values
+    except Exception as exc:
         raise RenderError("the image attributes (Rows, Columns, BitsAllocated...) are missing or invalid") from exc
     if rows <= 0 or columns <= 0:
         raise RenderError(f"the image has no pixels ({rows} x {columns})")
@@ -287,7 +287,7 @@ def to_display(arr: np.ndarray, ds: Dataset, options: RenderOptions | None = Non
     if photometric == "PALETTE COLOR":
         try:
             rgb = apply_color_lut(arr, _palette_in_native_order(ds))
-        except Exception as exc:  # noqa: BLE001 - malformed palette descriptors
+        except Exception as exc:
             raise RenderError(f"the palette colour lookup table is invalid ({type(exc).__name__})") from exc
         return _colour_image(_to_uint8_colour(rgb, 16 if rgb.dtype == np.uint16 else 8), options)
     if arr.ndim == 3 or photometric in COLOUR:

@@ -282,7 +282,8 @@ def prepare(source: Source, *, max_bytes: int, max_inflated_bytes: int, temp_dir
                 while chunk := stream.read(CHUNK_SIZE):
                     hasher.update(chunk)
             else:
-                handle = tempfile.NamedTemporaryFile(prefix="import-", suffix=".dcm", dir=temp_dir, delete=False)
+                # Named before the copy starts, so that the cleanup below finds it whatever happens.
+                handle = tempfile.NamedTemporaryFile(prefix="import-", suffix=".dcm", dir=temp_dir, delete=False)  # noqa: SIM115
                 temporary = path = handle.name
                 with handle:
                     while chunk := stream.read(CHUNK_SIZE):

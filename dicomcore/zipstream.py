@@ -16,7 +16,6 @@ from typing import BinaryIO
 from .constants import CHUNK_SIZE
 
 
-
 class _Sink:
     """A write-only, non-seekable target collecting what zipfile writes until it is taken."""
 

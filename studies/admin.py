@@ -17,11 +17,13 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from pydicom.uid import UID
 
+from dicomcore import rendering, tags
+
 from . import selectors, services
 from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
-from dicomcore import rendering, tags
 from .models import Instance, Series, Study
-from .outcome import Outcome, counts as status_counts
+from .outcome import Outcome
+from .outcome import counts as status_counts
 from .uploads import as_staged
 
 THUMBNAIL_CSS_PX = 64
@@ -236,7 +238,11 @@ class InstanceAdmin(OwnerScopedAdmin):
                     "file_url": reverse("instance-file", args=[instance.pk]),
                     "frames": instance.number_of_frames,
                     "has_pixel_data": instance.has_pixel_data,
-                    "presets": [("default", "File default"), *((name, name.replace("-", " ").capitalize()) for name in rendering.PRESETS), ("minmax", "Min-max")],
+                    "presets": [
+                        ("default", "File default"),
+                        *((name, name.replace("-", " ").capitalize()) for name in rendering.PRESETS),
+                        ("minmax", "Min-max"),
+                    ],
                 },
                 header_rows=tags.header_rows(instance.header),
             )

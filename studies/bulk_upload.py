@@ -8,9 +8,10 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import nullcontext
 
-from . import services
 from dicomcore import sources
 from dicomcore.constants import DICM, PREAMBLE_LENGTH
+
+from . import services
 from .errors import ServiceError
 from .importer import not_imported, zip_limits
 from .outcome import Outcome, Reason

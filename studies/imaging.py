@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from dicomcore import rendering
+
 from .models import Instance
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from functools import partial
 
 from django.conf import settings
 
-from . import services
 from dicomcore import sources
+
+from . import services
 from .outcome import Outcome, Reason
 
 IN_FLIGHT_PER_WORKER = 4

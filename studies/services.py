@@ -22,6 +22,7 @@ from django.db.models import Q
 
 from dicomcore.constants import PREAMBLE_LENGTH
 from dicomcore.parsing import InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
+
 from .errors import CatalogueBusy, Conflict, InvalidUpload, SeriesConflict, ServiceError, StorageFailure, UploadTooLarge
 from .models import Instance, Series, Study, instance_file_key
 from .outcome import Outcome, Reason
@@ -413,7 +414,9 @@ def _copied(parsed: ParsedDicom, names: tuple[str, ...]) -> dict:
     return {name: getattr(parsed, name) for name in names}
 
 
-def _new_instance(owner, parsed: ParsedDicom, instance_id, stored_name: str, study: Study, series: Series, *, sha256: str, size: int, original_name: str) -> Instance:
+def _new_instance(
+    owner, parsed: ParsedDicom, instance_id, stored_name: str, study: Study, series: Series, *, sha256: str, size: int, original_name: str
+) -> Instance:
     return Instance(
         id=instance_id,
         owner=owner,

@@ -19,7 +19,6 @@ from dicomcore.parsing import StoredBytesHasher
 from .errors import UploadTooLarge
 
 
-
 class StagedFile(TemporaryUploadedFile):
     """A temporary file with the running SHA-256 (preamble zeroed) and size of what was written."""
 

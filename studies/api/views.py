@@ -27,7 +27,8 @@ from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.errors import error_response
 from ..http.images import image_response
 from ..http.status import HTTP_STATUS
-from ..outcome import Reason, counts as status_counts
+from ..outcome import Reason
+from ..outcome import counts as status_counts
 from ..uploads import as_staged
 from .parsers import DicomParser, StagingMultiPartParser
 from .schema import errors

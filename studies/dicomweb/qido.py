@@ -12,8 +12,8 @@ from typing import Any
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 
 from .. import selectors
-from . import protocol as web
 from ..models import Instance, Series, Study
+from . import protocol as web
 
 MODELS = {"study": Study, "series": Series, "instance": Instance}
 # Path from each queried model to the table holding an attribute of a level.

@@ -16,10 +16,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from dicomcore.constants import CHUNK_SIZE
 
 from .. import services
-from . import protocol as web
 from ..errors import InvalidParameter, ServiceError, UploadTooLarge
 from ..outcome import Outcome, Reason
 from ..uploads import StagedFile, stage_stream
+from . import protocol as web
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 from dicomcore import frames as frame_reader
 from dicomcore import rendering
 from dicomcore.constants import CHUNK_SIZE
+
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.images import image_response

@@ -15,6 +15,7 @@ from rest_framework.views import set_rollback
 from dicomcore.parsing import InvalidDicom
 from dicomcore.rendering import FrameOutOfRange, InvalidRenderParameter, NoPixelData, RenderError
 from dicomcore.tags import ElementNotFound, TagExpressionError
+
 from ..dicomweb.protocol import QueryError
 from ..errors import ServiceError
 from .negotiation import NotAcceptable

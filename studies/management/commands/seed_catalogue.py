@@ -28,6 +28,7 @@ from django.db.models import JSONField, Value
 from pydicom.data import get_testdata_file
 
 from dicomcore.parsing import parse_dicom
+
 from ...models import Instance, Series, Study
 
 MODALITIES = ["CT", "MR", "CR", "US", "DX", "MG", "PT", "NM"]
