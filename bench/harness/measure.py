@@ -120,7 +120,8 @@ class Measure:
 
 def _sample_of(status: int, hdrs: dict[str, str], data: bytes) -> dict:
     ctype = hdrs.get("content-type") or ""
-    out = {"status": status, "content_type": ctype or None, "etag": hdrs.get("etag"), "cache_control": hdrs.get("cache-control")}
+    out = {"status": status, "content_type": ctype or None, "etag": hdrs.get("etag"), "cache_control": hdrs.get("cache-control"),
+           "bytes": len(data)}  # fmt: skip
     if ctype.startswith("image/"):
         out.update(image_info(data))
     else:
