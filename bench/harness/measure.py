@@ -57,6 +57,24 @@ class Stopwatch:
 Check = Callable[[int, bytes], "str | None"]  # (status, body) -> an error message, or None when the answer is right
 
 
+def expect_status(expected: int) -> Check:
+    """A check that the answer has exactly this status (e.g. 201 for a new instance, not 200 for a duplicate)."""
+
+    def check(status: int, data: bytes) -> str | None:
+        return None if status == expected else f"expected {expected}, got {status}: {data[:200]!r}"
+
+    return check
+
+
+def expect_in_body(text: str) -> Check:
+    """A check that the body contains `text` (e.g. the patient name that was sent)."""
+
+    def check(status: int, data: bytes) -> str | None:
+        return None if text in data.decode("utf-8", "replace") else f"{text!r} not in {data[:200]!r}"
+
+    return check
+
+
 @dataclass
 class Req:
     """One request to send; `check` validates the answer, `tag` comes back with the body in Measure.results.

@@ -24,7 +24,7 @@ import argparse
 import json
 from urllib.parse import quote
 
-from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_repo, machine_info, run_requests
+from ..harness.measure import Measure, Req, Stopwatch, expect_in_body, expect_status, describe_machine, describe_repo, machine_info, run_requests
 from ..harness.processes import log
 from ..harness.report import comparison, print_report, write_result
 from ..harness.stack import Stack, add_stack_arguments
@@ -44,20 +44,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- response checks
 
 
-def check_service_upload(status: int, data: bytes) -> str | None:
-    return None if status == 201 else f"expected 201 (new instance), got {status}: {data[:200]!r}"
-
-
 def check_orthanc_upload(status: int, data: bytes) -> str | None:
     reply = json.loads(data)
     return None if reply.get("Status") == "Success" else f"Orthanc status {reply.get('Status')!r}"
-
-
-def check_service_tag(expected: str):
-    def check(status: int, data: bytes) -> str | None:
-        return None if expected in data.decode("utf-8", "replace") else f"{expected!r} not in {data[:200]!r}"
-
-    return check
 
 
 def check_orthanc_tag(expected: str):
@@ -128,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
                 run_requests(Measure("warmup", name), server.client, [Req("POST", upload_path, body, DICOM)])
 
         log(f"ingest: {n} files per server, {clients} clients")
-        reqs = [Req("POST", "/api/instances/", body, DICOM, check_service_upload, p) for p, body in files]
+        reqs = [Req("POST", "/api/instances/", body, DICOM, expect_status(201), p) for p, body in files]
         m["svc_ingest"] = run_requests(Measure("ingest", "service", "POST /api/instances/ (application/dicom)"), service.client, reqs,
                                        clients, keep_bodies=True)  # fmt: skip
         svc_ids = [(p, json.loads(data)["id"]) for p, data in m["svc_ingest"].results]
@@ -154,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
             run_requests(Measure("warmup-reads", "orthanc"), orthanc.client, warm, clients)
 
         log(f"tag lookup: {len(svc_ids)} + {len(orth_ids)} requests")
-        reqs = [Req("GET", f"/api/instances/{i}/tags/PatientName/", check=check_service_tag(PATIENTS[p][0])) for p, i in svc_ids]
+        reqs = [Req("GET", f"/api/instances/{i}/tags/PatientName/", check=expect_in_body(PATIENTS[p][0])) for p, i in svc_ids]
         m["svc_tag"] = run_requests(Measure("tag", "service", "GET /api/instances/{id}/tags/PatientName/"), service.client, reqs, clients)
         if orthanc:
             reqs = [Req("GET", f"/instances/{i}/content/0010-0010", check=check_orthanc_tag(PATIENTS[p][0])) for p, i in orth_ids]
