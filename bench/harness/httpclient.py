@@ -102,3 +102,37 @@ def image_info(data: bytes) -> dict:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return {"format": "webp", "bytes": len(data)}
     return {"format": "unknown", "bytes": len(data)}
+
+
+def post_file_streamed(port: int, path: str, file_path, headers: dict[str, str], chunk: int = 1024 * 1024,
+                       timeout: float = 1800.0) -> dict:  # fmt: skip
+    """POST a file as the raw body with Content-Length, read from disk `chunk` bytes at a time (a 1 GiB upload
+    without 1 GiB in the client). A server that answers early (e.g. 413) stops the sending; the answer is kept."""
+    from pathlib import Path
+
+    file_path = Path(file_path)
+    size = file_path.stat().st_size
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    t0 = time.perf_counter()
+    sent, send_error = 0, None
+    try:
+        conn.putrequest("POST", path)
+        for key, value in {**headers, "Content-Length": str(size)}.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        with open(file_path, "rb") as fh:
+            while piece := fh.read(chunk):
+                try:
+                    conn.send(piece)
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    send_error = f"{type(exc).__name__} after {sent} bytes"
+                    break
+                sent += len(piece)
+        t_sent = time.perf_counter()
+        resp = conn.getresponse()
+        body = resp.read()
+        t_done = time.perf_counter()
+    finally:
+        conn.close()
+    return {"status": resp.status, "body": body, "bytes_sent": sent, "send_error": send_error,
+            "send_s": t_sent - t0, "total_s": t_done - t0, "server_after_body_s": t_done - t_sent}  # fmt: skip
