@@ -120,7 +120,7 @@ def cmd_run(argv: list[str]) -> int:
             ap.print_help()
         return 0
     if own.report_only:
-        return print_summary(names or list(SCENARIOS), [], own.results)
+        return print_summary(names or comparison_scenarios(), [], own.results)
     if not names:
         groups = ("default", "long") if own.all else ("default",)
         names = [n for n, s in SCENARIOS.items() if s.group in groups]
@@ -132,15 +132,20 @@ def cmd_run(argv: list[str]) -> int:
     return print_summary(names, runs, own.results)
 
 
+def comparison_scenarios() -> list[str]:
+    """What a report shows by default: the comparisons (default and long groups), not the tools' rows."""
+    return [n for n, s in SCENARIOS.items() if s.group in ("default", "long")]
+
+
 def cmd_report(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench report", description="The table of the last results, run nothing.")
-    ap.add_argument("names", nargs="*", help=f"scenarios to show, of {', '.join(SCENARIOS)} (default: all with results)")
+    ap.add_argument("names", nargs="*", help=f"scenarios to show, of {', '.join(SCENARIOS)} (default: the comparisons with results)")
     ap.add_argument("--markdown", action="store_true", help="as a Markdown table (what docs/performance.md carries)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if set(args.names) - set(SCENARIOS):
         ap.error(f"unknown scenario(s) {', '.join(sorted(set(args.names) - set(SCENARIOS)))}")
-    names = args.names or list(SCENARIOS)
+    names = args.names or comparison_scenarios()
     if not args.markdown:
         return print_summary(names, [], args.results)
     table, machine, measured = load_results(names, args.results)
