@@ -85,7 +85,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def print_summary(names: list[str], runs: list[dict], results: Path) -> int:
     """The side-by-side table of `names`, and all.json with every result present."""
-    table, machine, measured = load_results(names, results)
+    table, machine, _ = load_results(names, results)
     print(f"\nmachine: {json.dumps({k: machine[k] for k in ('nproc', 'cpu_model', 'python')}) if machine else 'see each result file'}")
     print(f"command: {command_line()}")
     print(RATIO_LEGEND + "\n")

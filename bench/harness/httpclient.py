@@ -11,6 +11,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
+from typing import Self
 
 Response = tuple[int, dict[str, str], bytes, float]  # status, headers (lower-case keys), body, seconds
 
@@ -32,7 +33,7 @@ class HttpClient:
             self.conn.close()
             self.conn = None
 
-    def __enter__(self) -> HttpClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

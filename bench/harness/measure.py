@@ -118,6 +118,10 @@ class Measure:
         return percentile(self.latencies_ms, q) if self.latencies_ms else None
 
     @property
+    def mean_response_bytes(self) -> int:
+        return round(self.bytes_received / max(1, sum(self.statuses.values())))
+
+    @property
     def rate(self) -> float | None:
         """Good answers per second of the measurement's wall time."""
         return len(self.latencies_ms) / self.wall_s if self.latencies_ms and self.wall_s else None
@@ -376,8 +380,8 @@ def machine_info() -> dict:
             versions[pkg] = None
     git: dict = {}
     with contextlib.suppress(Exception):
-        git["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "studies", "dicomsite"], cwd=ROOT, capture_output=True, text=True).stdout
+        git["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "studies", "dicomsite"], cwd=ROOT, capture_output=True, text=True, check=False).stdout
         git["uncommitted_changes_in_studies_or_dicomsite"] = bool(dirty.strip())
     return {
         "nproc": os.cpu_count(),
@@ -393,6 +397,12 @@ def machine_info() -> dict:
 def describe_machine(info: dict) -> str:
     """One line for the header of a table."""
     return f"machine: nproc={info['nproc']} (usable {info['cpus_usable']}), {info['cpu_model']}, {info['platform']}; python {info['python']}"
+
+
+def describe_packages(info: dict, *names: str) -> str:
+    """ "Django 5.2.19, gunicorn 27.0.1, ..." for the packages a table depends on."""
+    short = {"djangorestframework": "DRF"}
+    return ", ".join(f"{short.get(n, n)} {info['packages'].get(n)}" for n in names)
 
 
 def describe_repo(info: dict) -> str:

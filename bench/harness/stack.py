@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .httpclient import HttpClient, multipart_form
 from .processes import PYTHON, Proc, free_port, log, run_checked, signals_unwind, start_process, wait_http, wait_port
@@ -209,7 +209,7 @@ class Stack:
         self._exit = contextlib.ExitStack()
         self.tmp = Path()
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         self._exit.enter_context(signals_unwind())
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-", dir=self.tmp_parent))
         self._exit.callback(self._remove_tmp)
@@ -250,7 +250,7 @@ class Stack:
             db = Database(f"{base}/{name}", name=name, base_url=base)
             try:
                 db.create(template)
-            except Exception as exc:  # noqa: BLE001 - reported, then SQLite or re-raised
+            except Exception as exc:  # reported, then SQLite (or re-raised)
                 if not fallback or template is not None:
                     raise
                 self.notes.append(f"PostgreSQL unreachable ({type(exc).__name__}: {exc}); the service ran on SQLite")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from ..harness.httpclient import image_info, probe
-from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_repo, machine_info, run_requests
+from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, machine_info, run_requests
 from ..harness.processes import log
 from ..harness.report import comparison, print_report, write_result
 from ..harness.stack import DEFAULT_DICOMWEB_PLUGIN, Server, Stack, add_stack_arguments
@@ -308,7 +308,7 @@ def main(args: argparse.Namespace) -> int:
                          f"({len(got['service'])} distinct from the service, {len(got['orthanc'])} from Orthanc)"
                          + ("" if same or key != "rendered" else "; without window= Orthanc's plugin does not apply the file's "
                             "WindowCenter/Width 40/400 (the service does), so that row compares different images"))  # fmt: skip
-    mean_bytes = {f"{k[1]} {k[0]}": round(v.bytes_received / max(1, sum(v.statuses.values()))) for k, v in m.items()}
+    mean_bytes = {f"{k[1]} {k[0]}": v.mean_response_bytes for k, v in m.items()}
     notes.append("mean response bytes: " + ", ".join(f"{k} {v}" for k, v in mean_bytes.items() if not k.endswith("stow")))
     notes.append(f"files per patient {[len(s) for s in sops]} (one study and one series each); QIDO study searches cycle "
                  f"over {NAME_PATTERNS}, matching {[len(matching_studies(p)) for p in NAME_PATTERNS]} studies (incl. the warm-up one)")  # fmt: skip
@@ -316,14 +316,13 @@ def main(args: argparse.Namespace) -> int:
                  "(and instance-level QIDO probably reads the files too for its default attributes outside Orthanc's index, such as "
                  "Rows/Columns); the service answers both from the database (columns and the stored header JSON)")  # fmt: skip
 
-    pk = info["packages"]
     header = [
         describe_machine(info),
-        f"Django {pk['Django']}, gunicorn {pk['gunicorn']}, psycopg {pk['psycopg']}, pydicom {pk['pydicom']}; "
-        f"{orthanc.desc if orthanc else 'Orthanc n/a'} + DICOMweb plugin {plugin_version or 'n/a'}",
+        describe_packages(info, "Django", "gunicorn", "psycopg", "pydicom")
+        + f"; {orthanc.desc if orthanc else 'Orthanc n/a'} + DICOMweb plugin {plugin_version or 'n/a'}",
         f"service: {service.desc}, {service.django.database.desc}, token auth, throttles {args.throttle}; {describe_repo(info)}",
-        f"workload: n={n} CT {CT_SIZE}x{CT_SIZE} 16-bit files, {total_bytes / 1e6:.1f} MB; QIDO/metadata requests={n_query}; "
-        f"clients={clients}; ratio = service/orthanc",
+        (f"workload: n={n} CT {CT_SIZE}x{CT_SIZE} 16-bit files, {total_bytes / 1e6:.1f} MB; QIDO/metadata requests={n_query}; "
+        f"clients={clients}; ratio = service/orthanc"),
     ]
     print_report(header, rows, notes)
     failed = any(one.errors for one in [*warm_measures, *m.values()])

@@ -24,7 +24,7 @@ import argparse
 import json
 from urllib.parse import quote
 
-from ..harness.measure import Measure, Req, Stopwatch, expect_in_body, expect_status, describe_machine, describe_repo, machine_info, run_requests
+from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, expect_in_body, expect_status, machine_info, run_requests
 from ..harness.processes import log
 from ..harness.report import comparison, print_report, write_result
 from ..harness.stack import Stack, add_stack_arguments
@@ -205,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
     for s in m.values():
         if s.errors:
             notes.append(f"{s.server} {s.name}: {len(s.errors)} failed requests, e.g. {s.errors[0][:300]}")
-    mean_bytes = {k: round(s.bytes_received / max(1, sum(s.statuses.values()))) for k, s in m.items()}
+    mean_bytes = {k: s.mean_response_bytes for k, s in m.items()}
     if orthanc:
         notes.append(
             "response sizes (mean bytes): service search {svc_search}, Orthanc find {orth_search} (IDs only) / {orth_search_expand} "
@@ -214,14 +214,12 @@ def main(args: argparse.Namespace) -> int:
     notes.append(f"files per patient {per_patient}; each patient has one study and one series; {args.warmup} warm-up files per "
                  "server (not timed, not matched by the queries)")  # fmt: skip
 
-    pk = info["packages"]
     header = [
         describe_machine(info),
-        f"Django {pk['Django']}, DRF {pk['djangorestframework']}, gunicorn {pk['gunicorn']}, psycopg {pk['psycopg']}, "
-        f"pydicom {pk['pydicom']}; {orthanc.desc if orthanc else 'Orthanc n/a'}",
+        describe_packages(info, "Django", "djangorestframework", "gunicorn", "psycopg", "pydicom") + f"; {orthanc.desc if orthanc else 'Orthanc n/a'}",
         f"service: {service.desc}, {service.django.database.desc}, throttles {args.throttle}; {describe_repo(info)}",
-        f"workload: n={n} CT {CT_SIZE}x{CT_SIZE} 16-bit files, {total_bytes / 1e6:.1f} MB; search requests={n_search}; "
-        f"clients={clients}; ratio = service/orthanc",
+        (f"workload: n={n} CT {CT_SIZE}x{CT_SIZE} 16-bit files, {total_bytes / 1e6:.1f} MB; search requests={n_search}; "
+        f"clients={clients}; ratio = service/orthanc"),
     ]
     print_report(header, rows, notes)
     failed = any(s.errors for s in m.values())

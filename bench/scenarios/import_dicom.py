@@ -43,21 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import ROOT, app
-from ..harness.measure import (
-    Measure,
-    Req,
-    RssSampler,
-    Stopwatch,
-    describe_machine,
-    describe_repo,
-    foreign_share,
-    machine_busy_s,
-    machine_info,
-    percentile,
-    proc_cpu_s,
-    rounded,
-    run_requests,
-)
+from ..harness.measure import Measure, Req, RssSampler, Stopwatch, describe_machine, describe_packages, describe_repo, foreign_share, machine_busy_s, machine_info, percentile, proc_cpu_s, rounded, run_requests
 from ..harness.processes import PYTHON, log, process_tree, run_group
 from ..harness.report import comparison, format_table, print_report, write_result
 from ..harness.stack import Django, Stack, add_stack_arguments
@@ -111,8 +97,32 @@ class BackendCpu:
                 self.cpu_s[pid] = max(self.cpu_s[pid], proc_cpu_s(pid))
 
 
+class Rates:
+    """files/s, MB/s and files per CPU-second of one run, from its files, bytes, wall time and CPU."""
+
+    files: int
+    bytes: int
+    wall_s: float
+
+    def total_cpu_s(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.wall_s / 1e6 if self.wall_s else 0.0
+
+    @property
+    def files_per_cpu_s(self) -> float:
+        total = self.total_cpu_s()
+        return self.files / total if total else 0.0
+
+
 @dataclass
-class ImportRun:
+class ImportRun(Rates):
     label: str
     files: int
     bytes: int
@@ -135,18 +145,8 @@ class ImportRun:
     stderr_tail: str = ""
     checks: dict = field(default_factory=dict)
 
-    @property
-    def files_per_s(self) -> float:
-        return self.files / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / self.wall_s / 1e6 if self.wall_s else 0.0
-
-    @property
-    def files_per_cpu_s(self) -> float:
-        total = self.cpu_s + (self.db_cpu_s or 0.0)
-        return self.files / total if total else 0.0
+    def total_cpu_s(self) -> float:
+        return self.cpu_s + (self.db_cpu_s or 0.0)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -231,7 +231,7 @@ def run_import(django: Django, label: str, folder: Path, files: int, owner: str,
 
 
 @dataclass
-class OrthancRun:
+class OrthancRun(Rates):
     files: int
     bytes: int
     clients: int
@@ -251,18 +251,8 @@ class OrthancRun:
     def errors(self) -> list[str]:
         return self.measure.errors if self.measure else []
 
-    @property
-    def files_per_s(self) -> float:
-        return self.files / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / self.wall_s / 1e6 if self.wall_s else 0.0
-
-    @property
-    def files_per_cpu_s(self) -> float:
-        total = self.cpu_s + self.client_cpu_s
-        return self.files / total if total else 0.0
+    def total_cpu_s(self) -> float:
+        return self.cpu_s + self.client_cpu_s
 
     def as_dict(self) -> dict:
         return {
@@ -480,19 +470,17 @@ def main(args: argparse.Namespace) -> int:
     verdict = "n/a" if ratio is None else ("PASS" if ratio >= args.target_ratio else "FAIL")
     legend = [
         f"target: service >= {args.target_ratio}x orthanc files/s [1]: {verdict}",
-        f"[1] service: N / wall time of the import_dicom subprocess (start-up included), --workers {args.workers}; "
-        f"orthanc: N / wall time of POST /instances with {args.clients} concurrent clients (server already up)",
+        (f"[1] service: N / wall time of the import_dicom subprocess (start-up included), --workers {args.workers}; "
+        f"orthanc: N / wall time of POST /instances with {args.clients} concurrent clients (server already up)"),
         "[2] the command's summary line (its timer starts after Django start-up)",
         "[3] N / CPU-seconds used: service = import process tree (wait4 rusage, start-up included)"
         + (" + its PostgreSQL backend (sampled)" if args.db == "postgres" else "")
         + "; orthanc = server process + the bench's client threads. Both saturate the CPUs, so on an idle machine "
         "the files/s ratio tends to this ratio; it is much less sensitive to other load than files/s",
     ]
-    pk = info["packages"]
     header = [
         describe_machine(info) + f"; load avg before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}",
-        f"pydicom {pk['pydicom']}, numpy {pk['numpy']}, Django {pk['Django']}, psycopg {pk['psycopg']}; "
-        f"Orthanc {orth_runs[0].version if orth_runs else 'n/a'}",
+        describe_packages(info, "pydicom", "numpy", "Django", "psycopg") + f"; Orthanc {orth_runs[0].version if orth_runs else 'n/a'}",
         f"service: {db_desc}; {describe_repo(info)}",
         f"workload: {n} files 512x512 CT 16-bit, {total_bytes / 1e6:.1f} MB total, one study/series, fresh SOP UIDs; N/4 = {quarter} files",
     ]

@@ -29,6 +29,7 @@ import resource
 import shutil
 import tempfile
 import time
+from typing import Self
 
 from ..harness.httpclient import post_file_streamed, probe
 from ..harness.measure import RssSampler, describe_machine, machine_info, reset_hwm
@@ -57,7 +58,7 @@ class Phase:
         self.sampler = sampler
         self.name = name
 
-    def __enter__(self) -> Phase:
+    def __enter__(self) -> Self:
         self.hwm_reset = {pid: reset_hwm(pid) for pid in self.sampler.pids()}
         self.before = self.sampler.snapshot()
         self.t_start = self.sampler.now()

@@ -27,7 +27,7 @@ from pathlib import Path
 import pydicom
 
 from ..harness.httpclient import probe
-from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_repo, machine_info, run_requests
+from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, machine_info, run_requests
 from ..harness.processes import log
 from ..harness.report import comparison, print_report, write_result
 from ..harness.stack import Stack, add_stack_arguments, upload_copies
@@ -196,11 +196,9 @@ def main(args: argparse.Namespace) -> int:
                    cell("cr_unc_thumb_cold", "orthanc", 0.5)),
     ]  # fmt: skip
 
-    pk = info["packages"]
     header = [
         describe_machine(info),
-        f"pydicom {pk['pydicom']}, pillow {pk['pillow']}, numpy {pk['numpy']}, Django {pk['Django']}, "
-        f"pylibjpeg-openjpeg {pk['pylibjpeg-openjpeg']}; {orthanc.desc if orthanc else 'Orthanc n/a'}",
+        describe_packages(info, "pydicom", "pillow", "numpy", "Django", "pylibjpeg-openjpeg") + f"; {orthanc.desc if orthanc else 'Orthanc n/a'}",
         f"service: {service.desc}; {describe_repo(info)}",
         f"n={n} (CR n={n_cr}), clients={clients}; times in ms, wall time per request incl. body read; ratio = service/orthanc",
     ]

@@ -255,15 +255,15 @@ def main(args: argparse.Namespace) -> int:
     la, lb = measured["loadavg_before"], measured["loadavg_after"]
     print("\n" + "\n".join([
         describe_machine(info) + f"; load average 1/5/15 min before {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f}, after {lb[0]:.1f}/{lb[1]:.1f}/{lb[2]:.1f}",
-        f"Django {info['packages']['Django']}, DRF {info['packages']['djangorestframework']}, psycopg {info['packages']['psycopg']}; "
+        (f"Django {info['packages']['Django']}, DRF {info['packages']['djangorestframework']}, psycopg {info['packages']['psycopg']}; "
         f"PostgreSQL {pg_settings.get('server_version')} (shared_buffers {pg_settings.get('shared_buffers')}, work_mem "
-        f"{pg_settings.get('work_mem')}, random_page_cost {pg_settings.get('random_page_cost')}, jit {pg_settings.get('jit')})",
+        f"{pg_settings.get('work_mem')}, random_page_cost {pg_settings.get('random_page_cost')}, jit {pg_settings.get('jit')})"),
         f"service: {server_desc}; {describe_repo(info)}",
-        f"catalogues: {args.users} users ({pick['users_with_rows']} with rows at {small_label}), {args.instances_per_series} instances/series, "
+        (f"catalogues: {args.users} users ({pick['users_with_rows']} with rows at {small_label}), {args.instances_per_series} instances/series, "
         f"{args.series_per_study} series/study; measured user {pick['user']}: {call(ps, 'list', 'count')} instances at {small_label}, "
-        f"{call(pl, 'list', 'count')} at {large_label}; {maint} after each load",
-        f"n={args.n} per call and catalogue after {args.warmup} warm-up requests; catalogues interleaved request by request; one client; "
-        "ms, wall time per request incl. body read",
+        f"{call(pl, 'list', 'count')} at {large_label}; {maint} after each load"),
+        (f"n={args.n} per call and catalogue after {args.warmup} warm-up requests; catalogues interleaved request by request; one client; "
+        "ms, wall time per request incl. body read"),
     ]))  # fmt: skip
 
     def latency_table(names: list[str], title: str) -> list[dict]:
