@@ -42,6 +42,11 @@ class Seeded:
         return f"{self.instances} instances for {self.users} users in {self.seconds:.1f} s ({rate:.0f} rows/s)"
 
 
+def seed_file_key(prefix: str, user_pk: int) -> str:
+    """Where a seeded user's one stored file goes (every row of that user points at it)."""
+    return f"dicom/seed/{prefix}-{user_pk}.dcm"
+
+
 def delete_seeded(prefix: str) -> int:
     """Remove the prefix's users, all their rows and their stored files; the number of instances removed."""
     from django.contrib.auth import get_user_model
@@ -52,6 +57,8 @@ def delete_seeded(prefix: str) -> int:
 
     doomed = get_user_model().objects.filter(username__startswith=f"{prefix}-user-")
     keys = set(Instance.objects.filter(owner__in=doomed).values_list("file", flat=True))
+    # A user the random draw gave no rows still has its stored copy.
+    keys |= {seed_file_key(prefix, pk) for pk in doomed.values_list("pk", flat=True) if default_storage.exists(seed_file_key(prefix, pk))}
     with transaction.atomic():
         count = Instance.objects.filter(owner__in=doomed).count()
         doomed.delete()
@@ -89,7 +96,7 @@ def seed_catalogue(instances: int, users: int, *, instances_per_series: int = 50
     # client-side quoting of ~12 KB of JSON per row (psycopg, in Python) was most of the seeding time.
     header = Value(parsed.header, output_field=JSONField())
     owners = [User.objects.get_or_create(username=f"{prefix}-user-{n}")[0] for n in range(users)]
-    stored = {owner.pk: default_storage.save(f"dicom/seed/{prefix}-{owner.pk}.dcm", ContentFile(source)) for owner in owners}
+    stored = {owner.pk: default_storage.save(seed_file_key(prefix, owner.pk), ContentFile(source)) for owner in owners}
 
     made = 0
     serial = Instance.objects.count()
