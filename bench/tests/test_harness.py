@@ -66,7 +66,7 @@ def test_an_option_goes_to_every_named_scenario_that_has_it(tmp_path):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802 - the stdlib's name
+    def do_GET(self):  # the stdlib's name for it
         body = b"hello Smith^John" if self.path == "/ok" else b"no"
         self.send_response(200 if self.path == "/ok" else 404)
         self.send_header("Content-Length", str(len(body)))
