@@ -75,7 +75,7 @@ class Database:
     def desc(self) -> str:
         return f"PostgreSQL (throwaway database {self.name})" if self.is_postgres else "SQLite (file in the temp dir)"
 
-    def _admin(self):
+    def _admin(self) -> Any:  # a psycopg connection, imported late (only PostgreSQL runs need it)
         import psycopg
 
         return psycopg.connect(self.base_url + "/postgres", autocommit=True, connect_timeout=5)

@@ -33,8 +33,8 @@ import secrets
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from ..harness.httpclient import image_info, probe
-from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, machine_info, run_requests
+from ..harness.httpclient import HttpClient, image_info, probe
+from ..harness.measure import Check, Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, machine_info, run_requests
 from ..harness.processes import log
 from ..harness.report import comparison, print_report, write_result
 from ..harness.stack import DEFAULT_DICOMWEB_PLUGIN, Server, Stack, add_stack_arguments
@@ -71,7 +71,7 @@ class Side:
     root: str
     skipped: dict[str, str] = field(default_factory=dict)  # measurement -> why it was not run
 
-    def client(self):
+    def client(self) -> HttpClient:
         return self.server.client()
 
     def path(self, *parts: str, query: str = "") -> str:
@@ -109,7 +109,7 @@ def values(item: dict, tag: str) -> list:
     return (item.get(tag) or {}).get("Value") or []
 
 
-def check_stow(sop: str):
+def check_stow(sop: str) -> Check:
     def check(status: int, data: bytes) -> str | None:
         reply = json.loads(data)
         stored = [values(ref, "00081155") for ref in values(reply, "00081199")]
@@ -119,7 +119,7 @@ def check_stow(sop: str):
     return check
 
 
-def check_uids(tag: str, expected: set[str]):
+def check_uids(tag: str, expected: set[str]) -> Check:
     """A DICOM JSON array holding exactly one data set per expected UID."""
 
     def check(status: int, data: bytes) -> str | None:
@@ -131,7 +131,7 @@ def check_uids(tag: str, expected: set[str]):
     return check
 
 
-def check_single_part(expected: dict[str, str], seen: list[str]):
+def check_single_part(expected: dict[str, str], seen: list[str]) -> Check:
     """One part whose SHA-256 is a key of `expected` (hash -> what that content is); appends what it was to `seen`."""
 
     def check(status: int, data: bytes) -> str | None:
@@ -145,7 +145,7 @@ def check_single_part(expected: dict[str, str], seen: list[str]):
     return check
 
 
-def check_jpeg(size: int, seen: list[str]):
+def check_jpeg(size: int, seen: list[str]) -> Check:
     """A size x size JPEG; appends its SHA-256 to `seen` (every copy has the same pixels: one image is expected)."""
 
     def check(status: int, data: bytes) -> str | None:

@@ -24,7 +24,7 @@ import argparse
 import json
 from urllib.parse import quote
 
-from ..harness.measure import Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, expect_in_body, expect_status, machine_info, run_requests
+from ..harness.measure import Check, Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, expect_in_body, expect_status, machine_info, run_requests
 from ..harness.processes import log
 from ..harness.report import comparison, print_report, write_result
 from ..harness.stack import Stack, add_stack_arguments
@@ -49,7 +49,7 @@ def check_orthanc_upload(status: int, data: bytes) -> str | None:
     return None if reply.get("Status") == "Success" else f"Orthanc status {reply.get('Status')!r}"
 
 
-def check_orthanc_tag(expected: str):
+def check_orthanc_tag(expected: str) -> Check:
     def check(status: int, data: bytes) -> str | None:
         got = data.decode("utf-8", "replace").rstrip("\x00 ")
         return None if got == expected else f"expected {expected!r}, got {data[:100]!r}"
@@ -57,7 +57,7 @@ def check_orthanc_tag(expected: str):
     return check
 
 
-def check_service_list(count: int, page: int):
+def check_service_list(count: int, page: int) -> Check:
     def check(status: int, data: bytes) -> str | None:
         reply = json.loads(data)
         got = (reply.get("count"), len(reply.get("results", [])))
@@ -66,7 +66,7 @@ def check_service_list(count: int, page: int):
     return check
 
 
-def check_orthanc_find(rows: int):
+def check_orthanc_find(rows: int) -> Check:
     def check(status: int, data: bytes) -> str | None:
         got = len(json.loads(data))
         return None if got == rows else f"expected {rows} results, got {got}"

@@ -33,6 +33,7 @@ import textwrap
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from .. import app
 from ..harness.httpclient import HttpClient
@@ -246,10 +247,10 @@ def main(args: argparse.Namespace) -> int:
     # ---------------- report
     ps, pl, pn = (phases.get(k) for k in (small_label, large_label, noidx_label))
 
-    def call(phase: dict | None, name: str, key: str):
+    def call(phase: dict | None, name: str, key: str) -> Any:
         return phase["calls"][name].get(key) if phase else None
 
-    def prof(phase: dict | None, name: str, key: str):
+    def prof(phase: dict | None, name: str, key: str) -> Any:
         return phase["profile"]["calls"][name].get(key) if phase else None
 
     la, lb = measured["loadavg_before"], measured["loadavg_after"]
