@@ -149,7 +149,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # PostgreSQL's default random_page_cost (4) prices random reads as on spinning disks. With it, owner-scoped
     # lists with a filter (date range, UID search) walk the global uploaded_at index backwards (correlation 1,
     # "sequential") and filter out every other owner's rows instead of using the owner-leading indexes:
-    # 10-35 ms instead of 1-4 ms at 100k instances (bench/scale_bench.py). 1.1 suits SSDs and cached data.
+    # 10-35 ms instead of 1-4 ms at 100k instances (python -m bench run scale). 1.1 suits SSDs and cached data.
     _page_cost = env_str("DATABASE_RANDOM_PAGE_COST", "1.1")
     try:
         float(_page_cost)

@@ -19,7 +19,7 @@ class HeaderField(models.JSONField):
 
     Django's PostgreSQL bulk_create otherwise sends each column as one array through UNNEST, and
     psycopg quotes a jsonb[] array literal in Python: for 50 CT headers of ~12 KB that took 86 ms
-    against 9 ms as separate parameters, about 1.5 ms of import_dicom's CPU per file (bench/import_bench.py
+    against 9 ms as separate parameters, about 1.5 ms of import_dicom's CPU per file (python -m bench run import
     --profile). Defining get_placeholder is what makes Django keep the VALUES form for the table.
     """
 
@@ -122,7 +122,7 @@ class Instance(models.Model):
 
     class Meta:
         ordering = ["-uploaded_at", "id"]
-        # Every list is scoped to one owner: each index leads with it (measured: bench/scale_bench.py).
+        # Every list is scoped to one owner: each index leads with it (measured: python -m bench run scale).
         indexes = [
             models.Index(fields=["owner", "-uploaded_at", "id"], name="instance_owner_recent"),
             models.Index(fields=["owner", "modality", "-uploaded_at"], name="instance_owner_modality"),

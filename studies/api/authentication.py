@@ -1,7 +1,7 @@
 """Token authentication that remembers a token's user for a short while.
 
 DRF's TokenAuthentication looks the token and its user up in the database on every request; on
-this stack that join is about a fifth of a tag lookup's CPU (bench/http_bench.py). The answer is
+this stack that join is about a fifth of a tag lookup's CPU (python -m bench run http). The answer is
 kept in Django's cache (Redis when REDIS_URL is set, else per process) for
 DICOM_AUTH_CACHE_SECONDS (0: off), under a digest of the token, never the token itself. Only the
 user's id, username and flags are kept: the user comes back as a model instance whose other

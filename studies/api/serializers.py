@@ -57,7 +57,7 @@ _PK_MARK = "00000000-0000-0000-0000-000000000000"
 
 def _cached_link(context: dict, view_name: str, pk) -> str:
     """The link, with reverse() done once per request and view (a list page needs 250 of them;
-    measured with bench/http_bench.py: reversing was half of a 50-row page's serialization)."""
+    measured with python -m bench run http: reversing was half of a 50-row page's serialization)."""
     templates = context.setdefault("_link_templates", {})
     parts = templates.get(view_name)
     if parts is None:
