@@ -29,7 +29,7 @@ IMPORT_COMMAND = "import_dicom"  # manage.py command the import scenario times
 # py-spy stacks of the gunicorn workers (profile scenario): (group, substrings of a frame), innermost frame first.
 HTTP_GROUPS = [
     ("pydicom: header read and value conversion", ("pydicom/",)),
-    ("studies.dicom.parsing: DICOM JSON, summary", ("studies/dicom/parsing.py",)),
+    ("dicomcore.parsing: DICOM JSON, summary", ("dicomcore/parsing.py",)),
     ("hashing and file copies", ("hashlib", "shutil.py", "studies/uploads.py", "tempfile.py")),
     ("psycopg: driver, adapting parameters", ("psycopg/",)),
     ("json encode/decode", ("/json/",)),
@@ -37,14 +37,14 @@ HTTP_GROUPS = [
     ("DRF: dispatch, serializers, rendering", ("rest_framework/",)),
     ("Django: request, middleware, URL resolving", ("django/",)),
     ("gunicorn: HTTP parsing, socket I/O", ("gunicorn/",)),
-    ("our code (studies/)", ("studies/",)),
+    ("our code (studies/, dicomcore/)", ("studies/", "dicomcore/")),
 ]
 # Inclusive: a sample counts here when any frame of its stack matches.
 HTTP_INCLUSIVE = [
-    ("audit event write (studies.audit.record)", "record (studies/audit.py"),
+    ("audit event write (studies.audit.events.write_event)", "write_event (studies/audit/events.py"),
     ("token check (authenticate_credentials)", "authenticate_credentials"),
-    ("ingest service (studies.services.ingest_instance)", "ingest_instance (studies/services.py"),
-    ("  parse_dicom", "parse_dicom (studies/dicom/parsing.py"),
+    ("ingest service (studies.services.ingest)", "ingest (studies/services.py"),
+    ("  parse_dicom", "parse_dicom (dicomcore/parsing.py"),
     ("  duplicate check (_existing)", "_existing (studies/services.py"),
     ("  study/series/instance rows (_catalogue)", "_catalogue (studies/services.py"),
     ("  file into storage (_save_checked)", "_save_checked (studies/services.py"),
@@ -57,22 +57,22 @@ IMPORT_MAIN_FRAME = "Command.handle (studies/management/commands/import_dicom.py
 IMPORT_WORKER_FRAME = "_process_worker (concurrent/futures/process.py"
 IMPORT_MAIN_BUCKETS = [
     ("catalogue: duplicate/conflict lookup (services._existing)", "_existing (studies/services.py"),
-    ("catalogue: Study/Series get_or_create", "get_or_create (django/db/models/query.py"),
-    ("catalogue: Instance INSERT", "create (django/db/models/query.py"),
+    ("catalogue: Study/Series lookup or create (services._study_and_series)", "_study_and_series (studies/services.py"),
+    ("catalogue: Instance INSERT", "bulk_create (django/db/models/query.py"),
     ("catalogue: COMMIT (transaction.atomic exit)", "__exit__ (django/db/transaction.py"),
     ("catalogue: storage save (copy, zero preamble, re-hash)", "save (django/core/files/storage"),
-    ("catalogue: other", "_catalogue (studies/bulk.py"),
-    ("waiting for a worker's result", "_result (studies/bulk.py"),
+    ("catalogue: other (services.ingest_batch)", "ingest_batch (studies/services.py"),
+    ("waiting for a worker's result", "_result (studies/importer.py"),
     ("submitting to the pool", "submit (concurrent/futures/process.py"),
-    ("walking the folder", "walk (studies/dicom/sources.py"),
+    ("walking the folder", "walk (dicomcore/sources.py"),
     ("pool shutdown (joining workers)", "shutdown (concurrent/futures/process.py"),
     ("Django/app start-up", "_find_and_load"),
 ]
 IMPORT_WORKER_BUCKETS = [
-    ("prepare: header to DICOM JSON (parsing.dataset_to_json)", "dataset_to_json (studies/dicom/parsing.py"),
-    ("prepare: dcmread of the header", "_read_header (studies/dicom/parsing.py"),
-    ("prepare: SHA-256", "update (studies/dicom/parsing.py"),
-    ("prepare: other", "prepare (studies/dicom/sources.py"),
+    ("prepare: header to DICOM JSON (parsing.dataset_to_json)", "dataset_to_json (dicomcore/parsing.py"),
+    ("prepare: dcmread of the header", "_read_header (dicomcore/parsing.py"),
+    ("prepare: SHA-256", "update (dicomcore/parsing.py"),
+    ("prepare: other", "prepare (dicomcore/sources.py"),
     ("sending results back (pickle, pipe)", "_sendback_result"),
     ("idle: waiting for work (call queue)", "Queue.get (multiprocessing/queues.py"),
     ("worker start-up (imports)", "_find_and_load"),
@@ -99,7 +99,7 @@ def png_frames() -> dict:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from studies.dicom import rendering
+    from dicomcore import rendering
 
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     big = np.kron(ds.pixel_array, np.ones((4, 4), dtype=ds.pixel_array.dtype))  # 512x512 CT

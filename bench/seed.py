@@ -81,7 +81,7 @@ def seed_catalogue(instances: int, users: int, *, instances_per_series: int = 50
     from django.db.models import JSONField, Value
     from pydicom.data import get_testdata_file
 
-    from studies.dicom.parsing import parse_dicom
+    from dicomcore.parsing import parse_dicom
     from studies.models import Instance, Series, Study
 
     if instances < 1 or users < 1:

@@ -525,7 +525,7 @@ def _number(kind, item: str):
 def _raw_json(raw: RawDataElement, encodings) -> dict[str, Any]:
     """The DICOM JSON of an element still in its raw form, as DataElement.to_json_dict would give it,
     without building the DataElement (which costs most of a header's conversion time: about half
-    of import_dicom's CPU before this; bench/import_bench.py). Anything unusual raises, and the
+    of import_dicom's CPU before this; python -m bench run import). Anything unusual raises, and the
     caller falls back to pydicom's own conversion; test_dicom_parsing checks the two agree on every
     test file."""
     vr = raw.VR

@@ -27,7 +27,7 @@ from .parsing import PIXEL_TAGS
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
 GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
 COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422"})
-# zlib level 1: ~3x faster than level 6 for files ~15% larger (measured: bench/png_levels.py; README).
+# zlib level 1: ~3x faster than level 6 for files ~15% larger (measured: python -m bench run png_levels; docs/performance.md).
 PNG_COMPRESS_LEVEL = 1
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 

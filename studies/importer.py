@@ -26,12 +26,12 @@ from .outcome import Outcome, Reason
 
 IN_FLIGHT_PER_WORKER = 4
 # Files catalogued per transaction by import_dicom (one duplicate lookup, one bulk insert): measured
-# with bench/import_bench.py, the per-file transaction was the import's bottleneck.
+# with python -m bench run import, the per-file transaction was the import's bottleneck.
 BATCH_SIZE = 50
 # Files handed to the workers ahead of the one being waited for. At least two batches: while the main
 # process stores and catalogues one batch, the workers prepare the next (with only a few files ahead they
 # sat idle half the time while the main process catalogued, and it waited for them the other half:
-# bench/import_bench.py --py-spy). Bounded, so memory does not grow with the number of files.
+# python -m bench run import --py-spy). Bounded, so memory does not grow with the number of files.
 IN_FLIGHT = 2 * BATCH_SIZE
 
 
