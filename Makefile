@@ -1,12 +1,20 @@
-# Two commands: `make run` (serve on http://127.0.0.1:8000 with SQLite + media/) and `make test`.
+# Two commands: `make run` (serve on http://127.0.0.1:8000 with SQLite + media/) and `make test` (the whole suite).
+# `make test-fast` is the inner loop (unit and API tiers); `make lint` runs ruff and mypy.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
+# One stamp per requirements set and content: editing a pinned file reinstalls it, nothing else does.
+hash = $(shell cat $(1) | sha256sum | cut -c1-12)
+RUNTIME_STAMP := $(VENV)/.installed-runtime-$(call hash,requirements/runtime.txt)
+TEST_STAMP := $(VENV)/.installed-test-$(call hash,requirements/runtime.txt requirements/test.txt)
+BENCH_STAMP := $(VENV)/.installed-bench-$(call hash,requirements/runtime.txt requirements/bench.txt)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The tiers (markers applied by studies/tests/conftest.py): slow = whole-corpus and fuzz runs, e2e = real
+# browsers, live servers and DICOM network peers, postgres = needs DATABASE_URL=postgres://...
+FAST_MARKERS := not slow and not e2e
 
-.PHONY: run test install system-deps migrate lint schema clean
+.PHONY: run test test-fast lint install install-test install-bench system-deps schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
 SYSTEM_TOOLS := dcmj2pnm:dcmtk chromium:chromium
@@ -19,13 +27,23 @@ system-deps:
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-
-$(STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP)
+$(RUNTIME_STAMP): requirements/runtime.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements/runtime.txt
+	rm -f $(VENV)/.installed-runtime-* && touch $@
+
+$(TEST_STAMP): requirements/runtime.txt requirements/test.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements/test.txt
+	rm -f $(VENV)/.installed-test-* && touch $@
+
+$(BENCH_STAMP): requirements/runtime.txt requirements/bench.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements/bench.txt
+	rm -f $(VENV)/.installed-bench-* && touch $@
+
+install: $(RUNTIME_STAMP)
+install-test: $(TEST_STAMP)
+install-bench: $(BENCH_STAMP)
 
 # DEBUG is on only here (a developer's own machine); production sets DJANGO_SECRET_KEY and leaves it off.
 run: export DJANGO_DEBUG ?= 1
@@ -37,12 +55,21 @@ run: install
 
 # Tests use their own throwaway key; DATABASE_URL picks SQLite (default) or PostgreSQL.
 test: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
-test: install system-deps
+test: install-test system-deps
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
+test-fast: install-test
+	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" -q $(PYTEST_ARGS)
+
+lint: export DJANGO_SECRET_KEY ?= lint-only-secret-key
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 schema: install
 	DJANGO_SECRET_KEY=schema $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,19 @@ import argparse
 import json
 from urllib.parse import quote
 
-from ..harness.measure import Check, Measure, Req, Stopwatch, describe_machine, describe_packages, describe_repo, expect_in_body, expect_status, machine_info, run_requests
+from ..harness.measure import (
+    Check,
+    Measure,
+    Req,
+    Stopwatch,
+    describe_machine,
+    describe_packages,
+    describe_repo,
+    expect_in_body,
+    expect_status,
+    machine_info,
+    run_requests,
+)
 from ..harness.processes import log
 from ..harness.report import comparison, print_report, write_result
 from ..harness.stack import Stack, add_stack_arguments

@@ -43,7 +43,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import ROOT, app
-from ..harness.measure import Measure, Req, RssSampler, Stopwatch, describe_machine, describe_packages, describe_repo, foreign_share, machine_busy_s, machine_info, percentile, proc_cpu_s, rounded, run_requests
+from ..harness.measure import (
+    Measure,
+    Req,
+    RssSampler,
+    Stopwatch,
+    describe_machine,
+    describe_packages,
+    describe_repo,
+    foreign_share,
+    machine_busy_s,
+    machine_info,
+    percentile,
+    proc_cpu_s,
+    rounded,
+    run_requests,
+)
 from ..harness.processes import PYTHON, log, process_tree, run_group
 from ..harness.report import comparison, format_table, print_report, write_result
 from ..harness.stack import Django, Stack, add_stack_arguments
