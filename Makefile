@@ -1,4 +1,5 @@
-# Two commands: `make run` (serve on http://127.0.0.1:8000 with SQLite + media/) and `make test`.
+# `make run` (serve on http://127.0.0.1:8000 with SQLite + media/), `make test` (the whole suite, what CI runs)
+# and `make test-fast` (the unit and API tiers, no slow or e2e tests: under 2 minutes).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-1
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install system-deps migrate lint schema clean
+.PHONY: run test test-fast install system-deps schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
 SYSTEM_TOOLS := dcmj2pnm:dcmtk chromium:chromium
@@ -40,6 +41,13 @@ test: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
 test: install system-deps
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast loop: markers `slow` and `e2e` (browser, live servers, dcmtk peers, fuzzers, whole corpora) are
+# applied in studies/tests/conftest.py; no chromium or dcmtk needed.
+test-fast: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
+test-fast: install
+	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/python -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
 schema: install
 	DJANGO_SECRET_KEY=schema $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null

@@ -25,6 +25,71 @@ def pydicom_data_dir() -> Path:
     return Path(data_store.__file__).parent / "data"
 
 
+# --- test tiers: `make test` runs everything, `make test-fast` runs -m "not slow and not e2e" -------------------
+# Measured with `pytest --durations=0` on the 2-core dev machine (whole suite ~130 s on SQLite): a test is `slow`
+# when it takes 1.5 s or more on its own, or runs a fuzzer or a whole corpus; `e2e` when it drives a real peer
+# (browser, live HTTP server, gunicorn, dcmtk, a DIMSE association). Seconds below are those measurements.
+
+E2E_MODULES = {
+    "test_admin_browser.py": "real Chromium through playwright (23 s)",
+}
+SLOW_MODULES = {
+    "test_rendering_reference.py": "every corpus file rendered by the service and by dcmtk (6 s)",
+    "test_api_schema_fuzz.py": "schemathesis over every API operation (12 s)",
+}
+E2E_FIXTURES = {
+    "live_server": "a live HTTP server (dicomweb-client, OHIF request sequence)",
+    "scp": "a listening DIMSE server, and dcmtk's storescu/echoscu as peers (0.4 s teardown each, 15 s in all)",
+}
+SLOW_FIXTURES = {
+    "external_db": "manage.py import_dicom as a subprocess on its own migrated database (2 s setup, up to 5 s a test)",
+}
+E2E_TESTS = {
+    "test_a_panicking_codec_does_not_crash_the_gunicorn_worker": "gunicorn on a loopback port (3.6 s)",
+    "test_command_serves_until_ctrl_c": "manage.py storescp with dcmtk's echoscu/storescu as peers",
+}
+SLOW_TESTS = {
+    "test_importing_the_pydicom_corpora_is_consistent_and_rerun_adds_nothing": "imports both corpora twice (2.9 s)",
+    "test_stopping_an_import_midway_leaves_whole_records_and_no_temporary_copies": "two batches through spawn workers (2 s)",
+}
+
+
+def _tier_reasons(item) -> dict[str, str]:
+    """{"slow" | "e2e" | "postgres": why} for one collected test."""
+    module, name = item.path.name, getattr(item, "originalname", item.name)
+    fixtures = set(getattr(item, "fixturenames", ()))
+    reasons = {}
+    for marker, modules, by_fixture, tests in (
+        ("e2e", E2E_MODULES, E2E_FIXTURES, E2E_TESTS),
+        ("slow", SLOW_MODULES, SLOW_FIXTURES, SLOW_TESTS),
+    ):
+        why = modules.get(module) or tests.get(name) or next((by_fixture[f] for f in sorted(fixtures & by_fixture.keys())), None)
+        if why:
+            reasons[marker] = why
+    if "slow" not in reasons and getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+        reasons["slow"] = "a hypothesis fuzz"
+    if {"postgres", "failing_insert"} & fixtures or item.get_closest_marker("postgres"):
+        reasons["postgres"] = "concurrent writers or triggers"
+    return reasons
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test slow / e2e / postgres by module, fixture or name (the tables above); postgres tests are
+    skipped, with the reason shown, unless DATABASE_URL points at PostgreSQL."""
+    from django.conf import settings
+
+    on_postgres = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    for item in items:
+        for marker, why in _tier_reasons(item).items():
+            if not item.get_closest_marker(marker):
+                item.add_marker(getattr(pytest.mark, marker)(reason=why))
+            if marker == "postgres" and not on_postgres:
+                item.add_marker(pytest.mark.skip(reason=POSTGRES_ONLY))
+
+
+POSTGRES_ONLY = "needs concurrent writers or triggers: runs when DATABASE_URL=postgres://... (the PostgreSQL pass of CI)"
+
+
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path) -> Path:
     """Every test stores files in its own temporary MEDIA_ROOT, never in the real media/."""
