@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connections
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from rest_framework.authtoken.models import Token
@@ -136,6 +139,56 @@ def empty_cache():
 def stored_files(root: Path) -> list[Path]:
     """All files under the media root (what storage actually holds)."""
     return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def assert_storage_consistent(media_root: Path, *, staging: Path | None = None, rows=None) -> list[Path]:
+    """Nothing half-stored: every instance row's file exists with the row's sha256, no stored file lacks a row,
+    no series or study is left without instances, and nothing is left in the upload staging folder (if given).
+    The one check of the suite; returns the stored files (so `len(...) == n` counts rows and files at once).
+
+    `rows`: (file key, sha256) pairs read elsewhere (a subprocess's own database) instead of the Instance table;
+    the empty series/study check then does not apply.
+    """
+    from studies.models import Instance, Series, Study
+
+    files = {path.relative_to(media_root).as_posix(): path for path in stored_files(media_root)}
+    catalogue = dict(Instance.objects.values_list("file", "sha256") if rows is None else rows)
+    assert sorted(set(catalogue) - set(files)) == [], "rows without a file"
+    assert sorted(set(files) - set(catalogue)) == [], "files without a row"
+    for key, sha256 in catalogue.items():
+        assert hashlib.sha256(files[key].read_bytes()).hexdigest() == sha256, f"sha256 mismatch: {key}"
+    if rows is None:
+        assert not Series.objects.filter(instances__isnull=True).exists(), "an empty series was left behind"
+        assert not Study.objects.filter(series__isnull=True).exists(), "an empty study was left behind"
+    if staging is not None:
+        assert list(staging.iterdir()) == [], "a staged upload was left behind"
+    return sorted(files.values())
+
+
+def race(*actions: Callable[[], object]) -> list:
+    """Run the actions in threads released together (a barrier); each one's result, or the exception it raised.
+
+    The suite's one way to race requests: each thread closes its own database connections when done.
+    """
+    barrier = threading.Barrier(len(actions))
+    results: list = [None] * len(actions)
+
+    def run(index: int, action: Callable[[], object]) -> None:
+        try:
+            barrier.wait()
+            results[index] = action()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            results[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, action)) for i, action in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a raced action did not finish within 120 s"
+    return results
 
 
 def drain(response) -> None:

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from studies.models import Instance
 
-from .conftest import assert_error, client_for, CT_SMALL, dicom_bytes, stored_files, upload
+from .conftest import assert_error, assert_storage_consistent, client_for, CT_SMALL, dicom_bytes, stored_files, upload
 
 # Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]
@@ -73,14 +73,6 @@ def zeros_zip(name: str, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def assert_catalogue_matches_storage(media_root: Path) -> None:
-    """Nothing half-stored: every row's file exists with the row's digest, and no file lacks a row."""
-    rows = list(Instance.objects.values_list("file", "sha256"))
-    assert sorted(str(media_root / name) for name, _ in rows) == sorted(map(str, stored_files(media_root)))
-    for name, digest in rows:
-        assert hashlib.sha256((media_root / name).read_bytes()).hexdigest() == digest
-
-
 def counts(**given: int) -> dict[str, int]:
     return {"created": 0, "duplicate": 0, "conflict": 0, "refused": 0, "skipped": 0, **given}
 
@@ -112,7 +104,7 @@ def test_bulk_upload_of_files_and_a_zip_answers_one_result_per_file(api, media_r
         assert detail.status_code == 200
         assert detail.json()["sop_instance_uid"] == pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
     assert {i.original_filename for i in Instance.objects.all()} == {"a.dcm", "b.dcm", "c.dcm", "d"}
-    assert_catalogue_matches_storage(media_root)
+    assert_storage_consistent(media_root)
     assert list(upload_temp_dir.iterdir()) == []
 
 
@@ -133,7 +125,7 @@ def test_bulk_duplicates_within_and_across_requests(api, media_root):
     assert [r["status"] for r in second["results"]] == ["duplicate", "duplicate"]
     assert {r["id"] for r in second["results"]} == {first["results"][0]["id"]}
     assert second["counts"] == counts(duplicate=2)
-    assert len(stored_files(media_root)) == Instance.objects.count() == 1
+    assert len(assert_storage_consistent(media_root)) == 1
 
 
 def test_bulk_conflict_names_the_existing_instance_and_stores_nothing(api, media_root):
@@ -152,7 +144,7 @@ def test_bulk_conflict_names_the_existing_instance_and_stores_nothing(api, media
     assert new["status"] == "created"
     assert body["counts"] == counts(created=1, conflict=1)
     assert Instance.objects.count() == 2
-    assert_catalogue_matches_storage(media_root)
+    assert_storage_consistent(media_root)
 
 
 def test_bulk_upload_is_per_owner(api, other, media_root):
@@ -181,7 +173,7 @@ def test_refused_parts_are_reported_and_nothing_of_them_is_stored(api, media_roo
     assert all(r["error"] and r["id"] is None for r in rows[:5])
     assert rows[5]["status"] == "created"
     assert Instance.objects.count() == 1
-    assert_catalogue_matches_storage(media_root)
+    assert_storage_consistent(media_root)
     assert list(upload_temp_dir.iterdir()) == []
 
 
@@ -207,7 +199,7 @@ def test_zip_expanding_beyond_the_total_limit_is_refused_whole(api, settings, me
     assert whole["filename"] == "big.zip" and whole["status"] in NOT_IMPORTED
     assert whole["error"].startswith("the archive would expand to") and str(settings.DICOM_ZIP_MAX_TOTAL_BYTES) in whole["error"]
     assert ok["status"] == "created"
-    assert Instance.objects.count() == 1 == len(stored_files(media_root))
+    assert len(assert_storage_consistent(media_root)) == 1
 
 
 def test_zip_with_too_many_members_is_refused_whole(api, settings, media_root):
@@ -263,7 +255,7 @@ def test_zip_member_with_a_bad_crc_is_refused(api, media_root, upload_temp_dir):
     body = bulk_ok(api, ("a.zip", bytes(archive)))
     assert [r["status"] for r in body["results"]] == ["refused", "created"]
     assert body["results"][0]["error"] == "the archive member cannot be read (BadZipFile)"
-    assert_catalogue_matches_storage(media_root)
+    assert_storage_consistent(media_root)
     assert list(upload_temp_dir.iterdir()) == []
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import pytest
-from django.db import connection, connections
 
 from studies.models import Instance, Series, Study
 
-from .conftest import CT_SMALL, client_for, dicom_bytes, stored_files, upload
+from .conftest import CT_SMALL, assert_storage_consistent, client_for, dicom_bytes, race, stored_files, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -216,45 +214,21 @@ def test_catalogue_failure_after_the_file_is_stored_removes_the_file(owner, medi
     assert Instance.objects.count() == 0
 
 
-@pytest.mark.postgres
+@pytest.mark.postgres  # the race needs concurrent writers: conftest skips it unless DATABASE_URL is PostgreSQL
 @pytest.mark.django_db(transaction=True)
 def test_twenty_concurrent_identical_uploads_make_one_row_and_one_file(owner, media_root):
-    if connection.vendor != "postgresql":
-        pytest.skip("the race needs concurrent writers: it runs in the PostgreSQL pass of make test / CI")
     data = dicom_bytes()
-    barrier = threading.Barrier(20)
-    statuses: list[int] = []
-    bodies: list[dict] = []
-    lock = threading.Lock()
-
-    def worker():
-        client = client_for(owner)
-        try:
-            barrier.wait()
-            response = upload(client, data)
-            with lock:
-                statuses.append(response.status_code)
-                bodies.append(response.json())
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(statuses) == [200] * 19 + [201], statuses
-    assert len({body["id"] for body in bodies}) == 1
-    assert Instance.objects.count() == 1
+    responses = race(*[lambda client=client_for(owner): upload(client, data) for _ in range(20)])
+    assert not [r for r in responses if isinstance(r, BaseException)], responses
+    assert sorted(r.status_code for r in responses) == [200] * 19 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
     assert Study.objects.count() == 1 and Series.objects.count() == 1
-    assert len(stored_files(media_root)) == 1
+    assert len(assert_storage_consistent(media_root)) == 1
 
 
-@pytest.mark.postgres
+@pytest.mark.postgres  # the race needs concurrent writers: conftest skips it unless DATABASE_URL is PostgreSQL
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_uploads_of_one_series_share_one_study_and_series(owner, media_root):
-    if connection.vendor != "postgresql":
-        pytest.skip("the race needs concurrent writers: it runs in the PostgreSQL pass of make test / CI")
     import io
 
     import pydicom
@@ -268,21 +242,8 @@ def test_concurrent_uploads_of_one_series_share_one_study_and_series(owner, medi
         buffer = io.BytesIO()
         template.save_as(buffer, enforce_file_format=True)
         files.append(buffer.getvalue())
-    barrier = threading.Barrier(len(files))
-    statuses: list[int] = []
-
-    def worker(data: bytes):
-        try:
-            barrier.wait()
-            statuses.append(upload(client_for(owner), data).status_code)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker, args=(f,)) for f in files]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert statuses == [201] * 10
-    assert Study.objects.count() == 1 and Series.objects.count() == 1 and Instance.objects.count() == 10
-    assert len(stored_files(media_root)) == 10
+    responses = race(*[lambda client=client_for(owner), data=data: upload(client, data) for data in files])
+    assert not [r for r in responses if isinstance(r, BaseException)], responses
+    assert [r.status_code for r in responses] == [201] * 10
+    assert Study.objects.count() == 1 and Series.objects.count() == 1
+    assert len(assert_storage_consistent(media_root)) == 10
