@@ -61,6 +61,7 @@ test: install-test system-deps
 
 test-fast: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
 test-fast: install-test
+	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" -q $(PYTEST_ARGS)
 
 lint: export DJANGO_SECRET_KEY ?= lint-only-secret-key

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connections
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from rest_framework.authtoken.models import Token
@@ -23,6 +26,71 @@ def pydicom_data_dir() -> Path:
     import data_store  # installed by the pydicom-data package
 
     return Path(data_store.__file__).parent / "data"
+
+
+# --- test tiers: `make test` runs everything, `make test-fast` runs -m "not slow and not e2e" -------------------
+# Measured with `pytest --durations=0` on the 2-core dev machine (whole suite ~130 s on SQLite): a test is `slow`
+# when it takes 1.5 s or more on its own, or runs a fuzzer or a whole corpus; `e2e` when it drives a real peer
+# (browser, live HTTP server, gunicorn, dcmtk, a DIMSE association). Seconds below are those measurements.
+
+E2E_MODULES = {
+    "test_admin_browser.py": "real Chromium through playwright (23 s)",
+}
+SLOW_MODULES = {
+    "test_rendering_reference.py": "every corpus file rendered by the service and by dcmtk (6 s)",
+    "test_api_schema_fuzz.py": "schemathesis over every API operation (12 s)",
+}
+E2E_FIXTURES = {
+    "live_server": "a live HTTP server (dicomweb-client, OHIF request sequence)",
+    "scp": "a listening DIMSE server, and dcmtk's storescu/echoscu as peers (0.4 s teardown each, 15 s in all)",
+}
+SLOW_FIXTURES = {
+    "external_db": "manage.py import_dicom as a subprocess on its own migrated database (2 s setup, up to 5 s a test)",
+}
+E2E_TESTS = {
+    "test_a_panicking_codec_does_not_crash_the_gunicorn_worker": "gunicorn on a loopback port (3.6 s)",
+    "test_command_serves_until_ctrl_c": "manage.py storescp with dcmtk's echoscu/storescu as peers",
+}
+SLOW_TESTS = {
+    "test_importing_the_pydicom_corpora_is_consistent_and_rerun_adds_nothing": "imports both corpora twice (2.9 s)",
+    "test_stopping_an_import_midway_leaves_whole_records_and_no_temporary_copies": "two batches through spawn workers (2 s)",
+}
+
+
+def _tier_reasons(item) -> dict[str, str]:
+    """{"slow" | "e2e" | "postgres": why} for one collected test."""
+    module, name = item.path.name, getattr(item, "originalname", item.name)
+    fixtures = set(getattr(item, "fixturenames", ()))
+    reasons = {}
+    for marker, modules, by_fixture, tests in (
+        ("e2e", E2E_MODULES, E2E_FIXTURES, E2E_TESTS),
+        ("slow", SLOW_MODULES, SLOW_FIXTURES, SLOW_TESTS),
+    ):
+        why = modules.get(module) or tests.get(name) or next((by_fixture[f] for f in sorted(fixtures & by_fixture.keys())), None)
+        if why:
+            reasons[marker] = why
+    if "slow" not in reasons and getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+        reasons["slow"] = "a hypothesis fuzz"
+    if {"postgres", "failing_insert"} & fixtures or item.get_closest_marker("postgres"):
+        reasons["postgres"] = "concurrent writers or triggers"
+    return reasons
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test slow / e2e / postgres by module, fixture or name (the tables above); postgres tests are
+    skipped, with the reason shown, unless DATABASE_URL points at PostgreSQL."""
+    from django.conf import settings
+
+    on_postgres = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    for item in items:
+        for marker, why in _tier_reasons(item).items():
+            if not item.get_closest_marker(marker):
+                item.add_marker(getattr(pytest.mark, marker)(reason=why))
+            if marker == "postgres" and not on_postgres:
+                item.add_marker(pytest.mark.skip(reason=POSTGRES_ONLY))
+
+
+POSTGRES_ONLY = "needs concurrent writers or triggers: runs when DATABASE_URL=postgres://... (the PostgreSQL pass of CI)"
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +139,56 @@ def empty_cache():
 def stored_files(root: Path) -> list[Path]:
     """All files under the media root (what storage actually holds)."""
     return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def assert_storage_consistent(media_root: Path, *, staging: Path | None = None, rows=None) -> list[Path]:
+    """Nothing half-stored: every instance row's file exists with the row's sha256, no stored file lacks a row,
+    no series or study is left without instances, and nothing is left in the upload staging folder (if given).
+    The one check of the suite; returns the stored files (so `len(...) == n` counts rows and files at once).
+
+    `rows`: (file key, sha256) pairs read elsewhere (a subprocess's own database) instead of the Instance table;
+    the empty series/study check then does not apply.
+    """
+    from studies.models import Instance, Series, Study
+
+    files = {path.relative_to(media_root).as_posix(): path for path in stored_files(media_root)}
+    catalogue = dict(Instance.objects.values_list("file", "sha256") if rows is None else rows)
+    assert sorted(set(catalogue) - set(files)) == [], "rows without a file"
+    assert sorted(set(files) - set(catalogue)) == [], "files without a row"
+    for key, sha256 in catalogue.items():
+        assert hashlib.sha256(files[key].read_bytes()).hexdigest() == sha256, f"sha256 mismatch: {key}"
+    if rows is None:
+        assert not Series.objects.filter(instances__isnull=True).exists(), "an empty series was left behind"
+        assert not Study.objects.filter(series__isnull=True).exists(), "an empty study was left behind"
+    if staging is not None:
+        assert list(staging.iterdir()) == [], "a staged upload was left behind"
+    return sorted(files.values())
+
+
+def race(*actions: Callable[[], object]) -> list:
+    """Run the actions in threads released together (a barrier); each one's result, or the exception it raised.
+
+    The suite's one way to race requests: each thread closes its own database connections when done.
+    """
+    barrier = threading.Barrier(len(actions))
+    results: list = [None] * len(actions)
+
+    def run(index: int, action: Callable[[], object]) -> None:
+        try:
+            barrier.wait()
+            results[index] = action()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            results[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, action)) for i, action in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a raced action did not finish within 120 s"
+    return results
 
 
 def drain(response) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import pytest
-from django.db import connection, connections
 
 from studies.models import Instance, Series, Study
 
-from .conftest import CT_SMALL, client_for, dicom_bytes, stored_files, upload
+from .conftest import CT_SMALL, assert_storage_consistent, client_for, dicom_bytes, race, stored_files, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -124,15 +122,54 @@ REFUSED = {
 }
 
 
+NOT_PART_10 = "not a DICOM Part-10 file: File is missing DICOM File Meta Information header or the 'DICM' prefix is missing from the header."
+# kind: (code, error) of the 400, the same for both request forms unless keyed by form.
+REFUSAL = {
+    "empty": {
+        "multipart": ("invalid_dicom", "the file is empty"),
+        # An empty application/dicom body is no file at all to DRF.
+        "raw": ("missing_file", "no file: send it as multipart field 'file' or as the body with Content-Type: application/dicom"),
+    },
+    "text": ("invalid_dicom", NOT_PART_10),
+    "png": ("invalid_dicom", NOT_PART_10),
+    # The cut (byte 300) is inside the 192-byte file meta group, before the data set: reported as a missing
+    # attribute, not as truncation (a file cut inside its data set is "it is truncated"): see the report.
+    "truncated-header": ("invalid_dicom", "the file has no Study Instance UID (StudyInstanceUID)"),
+    "preamble-only": ("invalid_dicom", "the file meta information has no Transfer Syntax UID (0002,0010)"),
+}
+
+
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 @pytest.mark.parametrize("raw", [False, True], ids=["multipart", "raw"])
 def test_non_dicom_is_refused_with_400_and_nothing_is_stored(api, media_root, kind, raw):
     response = upload(api, REFUSED[kind], raw=raw)
     assert response.status_code == 400, response.content
-    body = response.json()
-    assert body["code"] in {"invalid_dicom", "missing_file"}
-    assert body["error"]
+    expected = REFUSAL[kind]
+    code, error = expected["raw" if raw else "multipart"] if isinstance(expected, dict) else expected
+    assert response.json() == {"error": error, "code": code}
     assert Instance.objects.count() == 0 and Study.objects.count() == 0
+    assert stored_files(media_root) == []
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a file cut inside its file meta group is reported as missing an attribute")
+@pytest.mark.parametrize("cut", [200, 300])
+def test_a_file_cut_inside_its_file_meta_group_is_refused_as_truncated(api, media_root, cut):
+    """CT_small's file meta group runs to byte 336 (its group length says so): a file ending before that
+    is truncated, and the answer should say so, as it does for a cut inside the data set."""
+    response = upload(api, CT_SMALL.read_bytes()[:cut])
+    assert response.status_code == 400
+    assert "truncated" in response.json()["error"]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a file cut inside its Pixel Data value is accepted (201) and stored truncated")
+def test_a_file_cut_inside_its_pixel_data_is_refused_as_truncated(api, media_root):
+    """CT_small ends with 32768 bytes of native Pixel Data; cut in half, the element claims more than the file
+    holds. A cut inside any earlier value is a 400 ("the file ends inside a value: it is truncated"); here the
+    upload is a 201, the catalogue says 32768 bytes and only a render finds out (422 "shorter than frame 1")."""
+    data = CT_SMALL.read_bytes()
+    response = upload(api, data[: len(data) - 32768 // 2])
+    assert response.status_code == 400, response.json()
+    assert response.json() == {"error": "the file ends inside a value: it is truncated", "code": "invalid_dicom"}
     assert stored_files(media_root) == []
 
 
@@ -217,45 +254,21 @@ def test_catalogue_failure_after_the_file_is_stored_removes_the_file(owner, medi
     assert Instance.objects.count() == 0
 
 
-@pytest.mark.postgres
+@pytest.mark.postgres  # the race needs concurrent writers: conftest skips it unless DATABASE_URL is PostgreSQL
 @pytest.mark.django_db(transaction=True)
 def test_twenty_concurrent_identical_uploads_make_one_row_and_one_file(owner, media_root):
-    if connection.vendor != "postgresql":
-        pytest.skip("the race needs concurrent writers: it runs in the PostgreSQL pass of make test / CI")
     data = dicom_bytes()
-    barrier = threading.Barrier(20)
-    statuses: list[int] = []
-    bodies: list[dict] = []
-    lock = threading.Lock()
-
-    def worker():
-        client = client_for(owner)
-        try:
-            barrier.wait()
-            response = upload(client, data)
-            with lock:
-                statuses.append(response.status_code)
-                bodies.append(response.json())
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(statuses) == [200] * 19 + [201], statuses
-    assert len({body["id"] for body in bodies}) == 1
-    assert Instance.objects.count() == 1
+    responses = race(*[lambda client=client_for(owner): upload(client, data) for _ in range(20)])
+    assert not [r for r in responses if isinstance(r, BaseException)], responses
+    assert sorted(r.status_code for r in responses) == [200] * 19 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
     assert Study.objects.count() == 1 and Series.objects.count() == 1
-    assert len(stored_files(media_root)) == 1
+    assert len(assert_storage_consistent(media_root)) == 1
 
 
-@pytest.mark.postgres
+@pytest.mark.postgres  # the race needs concurrent writers: conftest skips it unless DATABASE_URL is PostgreSQL
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_uploads_of_one_series_share_one_study_and_series(owner, media_root):
-    if connection.vendor != "postgresql":
-        pytest.skip("the race needs concurrent writers: it runs in the PostgreSQL pass of make test / CI")
     import io
 
     import pydicom
@@ -269,21 +282,8 @@ def test_concurrent_uploads_of_one_series_share_one_study_and_series(owner, medi
         buffer = io.BytesIO()
         template.save_as(buffer, enforce_file_format=True)
         files.append(buffer.getvalue())
-    barrier = threading.Barrier(len(files))
-    statuses: list[int] = []
-
-    def worker(data: bytes):
-        try:
-            barrier.wait()
-            statuses.append(upload(client_for(owner), data).status_code)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker, args=(f,)) for f in files]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert statuses == [201] * 10
-    assert Study.objects.count() == 1 and Series.objects.count() == 1 and Instance.objects.count() == 10
-    assert len(stored_files(media_root)) == 10
+    responses = race(*[lambda client=client_for(owner), data=data: upload(client, data) for data in files])
+    assert not [r for r in responses if isinstance(r, BaseException)], responses
+    assert [r.status_code for r in responses] == [201] * 10
+    assert Study.objects.count() == 1 and Series.objects.count() == 1
+    assert len(assert_storage_consistent(media_root)) == 10

@@ -7,23 +7,21 @@ SQLite too; the races and database faults need PostgreSQL (concurrent writers, t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from pydicom.uid import generate_uid
 from rest_framework.test import APIClient
 
 from studies.models import Instance, Series, Study
 
-from .conftest import client_for, dicom_bytes, stored_files, upload
+from .conftest import assert_storage_consistent, client_for, dicom_bytes, race, stored_files, upload
 
 ROUNDS = 12
 POSTGRES_ONLY = "races and database faults need concurrent writers and triggers: they run in the PostgreSQL pass of make test / CI"
@@ -42,41 +40,6 @@ def staging(settings, tmp_path) -> Path:
 def postgres():
     if connection.vendor != "postgresql":
         pytest.skip(POSTGRES_ONLY)
-
-
-def assert_consistent(media_root: Path, staging: Path) -> None:
-    """Rows and files agree one to one, hashes match, no empty series or study, nothing staged is left."""
-    files = {path.relative_to(media_root).as_posix(): path for path in stored_files(media_root)}
-    rows = dict(Instance.objects.values_list("file", "sha256"))
-    assert set(rows) - set(files) == set(), "rows without a file"
-    assert set(files) - set(rows) == set(), "files without a row"
-    for key, sha256 in rows.items():
-        assert hashlib.sha256(files[key].read_bytes()).hexdigest() == sha256, key
-    assert not Series.objects.filter(instances__isnull=True).exists(), "an empty series was left behind"
-    assert not Study.objects.filter(series__isnull=True).exists(), "an empty study was left behind"
-    assert list(staging.iterdir()) == [], "a staged upload was left behind"
-
-
-def race(*actions: Callable[[], object]) -> list:
-    """Run the actions in threads released together; each one's result, or the exception it raised."""
-    barrier = threading.Barrier(len(actions))
-    results: list = [None] * len(actions)
-
-    def run(index: int, action: Callable[[], object]) -> None:
-        try:
-            barrier.wait()
-            results[index] = action()
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            results[index] = exc
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(i, action)) for i, action in enumerate(actions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
 
 
 def status(result) -> int:
@@ -113,7 +76,7 @@ def test_reupload_racing_delete_leaves_no_row_without_a_file_and_no_file_without
         assert not Instance.objects.filter(pk=existing).exists()
         if status(uploaded) == 201:
             assert Instance.objects.filter(pk=uploaded.json()["id"]).exists()
-        assert_consistent(media_root, staging)
+        assert_storage_consistent(media_root, staging=staging)
 
 
 @pytest.mark.postgres
@@ -151,7 +114,7 @@ def test_an_upload_into_a_series_whose_last_instance_is_being_deleted_survives(p
     assert status(uploaded) in (201, 409), uploaded.content
     if status(uploaded) == 201:
         assert Instance.objects.filter(pk=uploaded.json()["id"]).exists(), "the 201 upload's row was deleted"
-    assert_consistent(media_root, staging)
+    assert_storage_consistent(media_root, staging=staging)
 
 
 @pytest.mark.postgres
@@ -163,7 +126,7 @@ def test_two_deletes_of_one_instance_remove_it_once(postgres, owner, media_root,
         statuses = sorted(status(r) for r in race(lambda: a.delete(f"/api/instances/{existing}/"), lambda: b.delete(f"/api/instances/{existing}/")))
         assert statuses in ([204, 204], [204, 404]), statuses
         assert Instance.objects.count() == 0
-        assert_consistent(media_root, staging)
+        assert_storage_consistent(media_root, staging=staging)
 
 
 # --- database errors after the file is saved: real faults from a trigger -----------------------------------------
@@ -219,7 +182,7 @@ def test_a_database_error_after_the_file_is_saved_removes_the_file(failing_inser
     failing_insert("on-insert", "XX000")  # internal_error: not a constraint the service could resolve by retrying
     failing_upload(owner, dicom_bytes())
     assert stored_files(media_root) == []
-    assert_consistent(media_root, staging)
+    assert_storage_consistent(media_root, staging=staging)
 
 
 @pytest.mark.postgres
@@ -254,7 +217,7 @@ def test_an_integrity_error_that_persists_is_a_409_and_removes_the_file(failing_
     assert "try again" in response.json()["error"]
     assert (Instance.objects.count(), Series.objects.count(), Study.objects.count()) == (0, 0, 0)
     assert stored_files(media_root) == []
-    assert_consistent(media_root, staging)
+    assert_storage_consistent(media_root, staging=staging)
 
 
 @pytest.mark.postgres
@@ -267,7 +230,7 @@ def test_the_fault_ends_with_the_trigger(failing_insert, owner, media_root, stag
     with connection.cursor() as cursor:
         cursor.execute("DROP TRIGGER trust_test_fault ON studies_instance")
     assert upload(client_for(owner), data).status_code == 201
-    assert_consistent(media_root, staging)
+    assert_storage_consistent(media_root, staging=staging)
 
 
 # --- storage write failures: no row --------------------------------------------------------------------------------
@@ -287,8 +250,9 @@ def test_a_media_root_that_cannot_be_created_stores_no_row(owner, media_root, st
     blocker.write_bytes(b"")
     settings.MEDIA_ROOT = blocker / "media"
     response = upload(refusing_client(owner), dicom_bytes())
-    assert response.status_code >= 500
-    assert response.json()["code"] == "server_error"
+    # A MEDIA_ROOT that cannot exist is a deployment fault (/readyz reports it): an internal error.
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error; it has been logged", "code": "server_error"}
     assert (Instance.objects.count(), Series.objects.count(), Study.objects.count()) == (0, 0, 0)
     assert list(staging.iterdir()) == []
 
@@ -327,7 +291,11 @@ def test_a_disk_that_fills_up_midway_never_acknowledges_a_truncated_file(owner, 
     media = tiny_disk(free=16 * 1024)
     data = dicom_bytes()  # ~39 KB into 16 KiB of free space
     response = upload(refusing_client(owner), data)
-    assert response.status_code >= 500, f"{response.status_code}: stored {[p.stat().st_size for p in stored_files(media)]} of {len(data)} bytes"
+    assert response.status_code == 503, f"{response.status_code}: stored {[p.stat().st_size for p in stored_files(media)]} of {len(data)} bytes"
+    assert response.json() == {
+        "error": "the file could not be stored completely (storage full or failing); nothing was kept",
+        "code": "storage_unavailable",
+    }
     assert (Instance.objects.count(), Series.objects.count(), Study.objects.count()) == (0, 0, 0)
     assert list(staging.iterdir()) == []
     assert stored_files(media) == [], "a partial file was left in storage"
@@ -337,7 +305,18 @@ def test_a_disk_that_fills_up_midway_never_acknowledges_a_truncated_file(owner, 
 def test_a_full_disk_stores_no_row(owner, staging, tiny_disk):
     tiny_disk(free=0)
     response = upload(refusing_client(owner), dicom_bytes())
-    assert response.status_code >= 500
-    assert response.json()["code"] == "server_error"
+    # Today ENOSPC on the first write escapes as an OSError: a 500 (see the xfail test below).
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error; it has been logged", "code": "server_error"}
     assert (Instance.objects.count(), Series.objects.count(), Study.objects.count()) == (0, 0, 0)
     assert list(staging.iterdir()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="bug: ENOSPC raised by the first write is a 500 server_error, not 503 storage_unavailable")
+@pytest.mark.django_db(transaction=True)
+def test_a_full_disk_is_503_storage_unavailable_like_a_disk_that_fills_midway(owner, staging, tiny_disk):
+    """The same cause, a full disk, should get the same answer whether the write fails at once or midway."""
+    tiny_disk(free=0)
+    response = upload(refusing_client(owner), dicom_bytes())
+    assert response.status_code == 503
+    assert response.json()["code"] == "storage_unavailable"
