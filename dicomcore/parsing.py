@@ -25,7 +25,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.values import convert_value
 
-from .constants import PREAMBLE_LENGTH, parse_da
+from .constants import DICM, PREAMBLE_LENGTH, parse_da
 
 # Media Storage Directory Storage: a DICOMDIR, which lists files instead of being one.
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -42,6 +42,7 @@ MAX_JSON_DEPTH = 32
 # A deflated data set may not inflate beyond this (a few hundred KiB can expand to GiBs).
 DEFAULT_MAX_INFLATED_BYTES = 512 * 1024 * 1024
 UID_MAX_LENGTH = 64
+TRUNCATED = "the file ends inside a value: it is truncated"
 
 
 class InvalidDicom(ValueError):
@@ -190,6 +191,8 @@ def _read_header(fp: BinaryIO, *, max_inflated_bytes: int) -> Dataset:
     # inflate everything before we could check its size.
     pydicom.filereader.read_preamble(fp, False)
     file_meta = pydicom.filereader._read_file_meta_info(fp)
+    if _meta_cut_short(fp, file_meta):
+        raise InvalidDicom(TRUNCATED)
     transfer_syntax = str(file_meta.get("TransferSyntaxUID", "") or "").strip()
     if not transfer_syntax:
         raise InvalidDicom("the file meta information has no Transfer Syntax UID (0002,0010)")
@@ -198,8 +201,20 @@ def _read_header(fp: BinaryIO, *, max_inflated_bytes: int) -> Dataset:
     fp.seek(0)
     ds = pydicom.dcmread(fp, stop_before_pixels=True)
     if _cut_short(ds):
-        raise InvalidDicom("the file ends inside a value: it is truncated")
+        raise InvalidDicom(TRUNCATED)
     return ds
+
+
+def _meta_cut_short(fp: BinaryIO, file_meta: Dataset) -> bool:
+    """The file ends before the end of the file meta group its group length (0002,0000) declares."""
+    declared = file_meta.get("FileMetaInformationGroupLength")
+    if not isinstance(declared, int):
+        return _cut_short(file_meta)
+    here = fp.tell()
+    size = fp.seek(0, 2)
+    fp.seek(here)
+    group_length_element = 12  # (0002,0000) UL 4, Explicit VR Little Endian, always
+    return size < PREAMBLE_LENGTH + len(DICM) + group_length_element + declared or _cut_short(file_meta)
 
 
 def _cut_short(ds: Dataset) -> bool:
@@ -280,6 +295,9 @@ def _pixel_data_info(ds: Dataset, fp: BinaryIO, file_size: int, transfer_syntax:
     encapsulated = length == 0xFFFFFFFF
     if encapsulated:
         length = max(0, file_size - start - header_len)
+    elif start + header_len + length > file_size:
+        # As for a cut inside any earlier value: stored, it would be catalogued with frames it does not hold.
+        raise InvalidDicom(TRUNCATED)
     return PixelDataInfo(tag=tag, vr=vr, length=int(length), encapsulated=encapsulated)
 
 

@@ -26,6 +26,13 @@ class InvalidUpload(ServiceError):
     code = "invalid_dicom"
 
 
+class UnreadableSource(ServiceError):
+    """A file being imported could not be read (a failing disk or medium); nothing was stored."""
+
+    code = "unreadable"
+    reason = Reason.UNREADABLE
+
+
 class MissingFile(ServiceError):
     """The request carried no file."""
 

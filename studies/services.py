@@ -23,7 +23,16 @@ from django.db.models import Q
 from dicomcore.constants import PREAMBLE_LENGTH
 from dicomcore.parsing import InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
 
-from .errors import CatalogueBusy, Conflict, InvalidUpload, SeriesConflict, ServiceError, StorageFailure, UploadTooLarge
+from .errors import (
+    CatalogueBusy,
+    Conflict,
+    InvalidUpload,
+    SeriesConflict,
+    ServiceError,
+    StorageFailure,
+    UnreadableSource,
+    UploadTooLarge,
+)
 from .models import Instance, Series, Study, instance_file_key
 from .outcome import Outcome, Reason
 from .uploads import StagedFile
@@ -276,7 +285,10 @@ class _StoredCopyReader:
 
     def read(self, n: int = -1) -> bytes:
         start = self._handle.tell()
-        chunk = self._handle.read(n)
+        try:
+            chunk = self._handle.read(n)
+        except OSError as exc:  # the source (a bad disk or CD), not the storage: that file's refusal
+            raise UnreadableSource(f"the file could not be read ({exc.strerror or type(exc).__name__}); nothing was stored") from exc
         if start < PREAMBLE_LENGTH and chunk:
             keep = max(0, min(len(chunk), PREAMBLE_LENGTH - start))
             chunk = bytes(keep) + chunk[keep:]
@@ -304,7 +316,13 @@ def _save_checked(key: str, content, *, size: int, sha256: str, reader=None) -> 
     when reading the content failed (I/O error, Ctrl-C).
     """
     try:
-        name = default_storage.save(key, content)
+        try:
+            name = default_storage.save(key, content)
+        except OSError as exc:
+            # ENOSPC on the first write, a folder that cannot be created, a storage backend down: the same
+            # answer as a disk that fills midway (below), and nothing is kept.
+            logger.error("storage write failed key=%s errno=%s", key, exc.errno)
+            raise StorageFailure("the file could not be stored (storage full or failing); nothing was kept") from None
         if reader is not None and reader.hasher.hexdigest() != sha256:
             raise InvalidUpload("the file changed while it was being imported; nothing was stored")
         # file_move_safe() ignores a short os.write() (a disk that fills up midway): check what was stored.
@@ -313,7 +331,7 @@ def _save_checked(key: str, content, *, size: int, sha256: str, reader=None) -> 
             raise StorageFailure("the file could not be stored completely (storage full or failing); nothing was kept")
         return name
     except BaseException:
-        default_storage.delete(key)
+        _delete_stored_file(key)  # a storage that failed the write may fail the delete too: the refusal stands
         raise
 
 

@@ -132,9 +132,9 @@ REFUSAL = {
     },
     "text": ("invalid_dicom", NOT_PART_10),
     "png": ("invalid_dicom", NOT_PART_10),
-    # The cut (byte 300) is inside the 192-byte file meta group, before the data set: reported as a missing
-    # attribute, not as truncation (a file cut inside its data set is "it is truncated"): see the report.
-    "truncated-header": ("invalid_dicom", "the file has no Study Instance UID (StudyInstanceUID)"),
+    # The cut (byte 300) is inside the 192-byte file meta group, before the data set: truncated, as a cut
+    # inside the data set is.
+    "truncated-header": ("invalid_dicom", "the file ends inside a value: it is truncated"),
     "preamble-only": ("invalid_dicom", "the file meta information has no Transfer Syntax UID (0002,0010)"),
 }
 
@@ -151,21 +151,18 @@ def test_non_dicom_is_refused_with_400_and_nothing_is_stored(api, media_root, ki
     assert stored_files(media_root) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a file cut inside its file meta group is reported as missing an attribute")
 @pytest.mark.parametrize("cut", [200, 300])
 def test_a_file_cut_inside_its_file_meta_group_is_refused_as_truncated(api, media_root, cut):
     """CT_small's file meta group runs to byte 336 (its group length says so): a file ending before that
-    is truncated, and the answer should say so, as it does for a cut inside the data set."""
+    is truncated, and the answer says so, as it does for a cut inside the data set."""
     response = upload(api, CT_SMALL.read_bytes()[:cut])
     assert response.status_code == 400
-    assert "truncated" in response.json()["error"]
+    assert response.json() == {"error": "the file ends inside a value: it is truncated", "code": "invalid_dicom"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a file cut inside its Pixel Data value is accepted (201) and stored truncated")
 def test_a_file_cut_inside_its_pixel_data_is_refused_as_truncated(api, media_root):
     """CT_small ends with 32768 bytes of native Pixel Data; cut in half, the element claims more than the file
-    holds. A cut inside any earlier value is a 400 ("the file ends inside a value: it is truncated"); here the
-    upload is a 201, the catalogue says 32768 bytes and only a render finds out (422 "shorter than frame 1")."""
+    holds: refused like a cut inside any earlier value (it used to be stored, and only a render found out)."""
     data = CT_SMALL.read_bytes()
     response = upload(api, data[: len(data) - 32768 // 2])
     assert response.status_code == 400, response.json()

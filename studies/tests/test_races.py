@@ -250,9 +250,12 @@ def test_a_media_root_that_cannot_be_created_stores_no_row(owner, media_root, st
     blocker.write_bytes(b"")
     settings.MEDIA_ROOT = blocker / "media"
     response = upload(refusing_client(owner), dicom_bytes())
-    # A MEDIA_ROOT that cannot exist is a deployment fault (/readyz reports it): an internal error.
-    assert response.status_code == 500
-    assert response.json() == {"error": "internal error; it has been logged", "code": "server_error"}
+    # A MEDIA_ROOT that cannot exist is a deployment fault (/readyz reports it): the storage is unavailable.
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": "the file could not be stored (storage full or failing); nothing was kept",
+        "code": "storage_unavailable",
+    }
     assert (Instance.objects.count(), Series.objects.count(), Study.objects.count()) == (0, 0, 0)
     assert list(staging.iterdir()) == []
 
@@ -302,21 +305,14 @@ def test_a_disk_that_fills_up_midway_never_acknowledges_a_truncated_file(owner, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_full_disk_stores_no_row(owner, staging, tiny_disk):
-    tiny_disk(free=0)
-    response = upload(refusing_client(owner), dicom_bytes())
-    # Today ENOSPC on the first write escapes as an OSError: a 500 (see the xfail test below).
-    assert response.status_code == 500
-    assert response.json() == {"error": "internal error; it has been logged", "code": "server_error"}
-    assert (Instance.objects.count(), Series.objects.count(), Study.objects.count()) == (0, 0, 0)
-    assert list(staging.iterdir()) == []
-
-
-@pytest.mark.xfail(strict=True, reason="bug: ENOSPC raised by the first write is a 500 server_error, not 503 storage_unavailable")
-@pytest.mark.django_db(transaction=True)
 def test_a_full_disk_is_503_storage_unavailable_like_a_disk_that_fills_midway(owner, staging, tiny_disk):
-    """The same cause, a full disk, should get the same answer whether the write fails at once or midway."""
+    """The same cause, a full disk, gets the same answer whether the write fails at once or midway."""
     tiny_disk(free=0)
     response = upload(refusing_client(owner), dicom_bytes())
     assert response.status_code == 503
-    assert response.json()["code"] == "storage_unavailable"
+    assert response.json() == {
+        "error": "the file could not be stored (storage full or failing); nothing was kept",
+        "code": "storage_unavailable",
+    }
+    assert (Instance.objects.count(), Series.objects.count(), Study.objects.count()) == (0, 0, 0)
+    assert list(staging.iterdir()) == []
