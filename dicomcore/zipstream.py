@@ -34,6 +34,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass  # zipfile leaves a file object it was given open; this makes _Sink a complete writable
+
     def take(self) -> bytes:
         data = b"".join(self._chunks)
         self._chunks.clear()
