@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import IO
 
 from .constants import CHUNK_SIZE
 
@@ -43,7 +43,7 @@ class _Sink:
         return data
 
 
-def stream_zip(members: Iterable[tuple[str, Callable[[], BinaryIO]]]) -> Iterator[bytes]:
+def stream_zip(members: Iterable[tuple[str, Callable[[], IO[bytes]]]]) -> Iterator[bytes]:
     """Yield a zip of `members` ((name, opener) pairs) chunk by chunk.
 
     A member whose opener raises OSError is left out and listed in a final MISSING.txt, since
