@@ -121,7 +121,7 @@ def to_explicit_little_endian(fp: BinaryIO, *, max_bytes: int) -> bytes:
             if get_expected_length(ds, "bytes") > max_bytes:
                 raise RenderError(f"decompressed, this instance would exceed {max_bytes} bytes; retrieve it with transfer-syntax=*")
             ds.decompress(generate_instance_uid=False)  # a change of transfer syntax keeps the identity (PS3.5 10)
-        ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+        ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_LE)
         out = io.BytesIO()
         ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
     except RenderError:

@@ -404,6 +404,10 @@ def _summarise(
                 "transfer_syntax_uid": transfer_syntax,
             },
         }
+    # The descriptive fields come from the tables above, so their types vary by name.
+    text_fields: dict[str, Any] = {name: _text(ds, keyword, length) for name, (keyword, length) in TEXT_FIELDS.items()}
+    int_fields: dict[str, Any] = {name: _int(ds, keyword) for name, keyword in INT_FIELDS.items()}
+    date_fields: dict[str, Any] = {name: _date(ds, keyword) for name, keyword in DATE_FIELDS.items()}
     return ParsedDicom(
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=_uid(ds, "SOPClassUID", required=False, label="SOP Class UID")
@@ -414,9 +418,9 @@ def _summarise(
         number_of_frames=frames,
         pixel_data=pixel_info,
         header=header,
-        **{name: _text(ds, keyword, length) for name, (keyword, length) in TEXT_FIELDS.items()},
-        **{name: _int(ds, keyword) for name, keyword in INT_FIELDS.items()},
-        **{name: _date(ds, keyword) for name, keyword in DATE_FIELDS.items()},
+        **text_fields,
+        **int_fields,
+        **date_fields,
     )
 
 
@@ -547,6 +551,7 @@ def _raw_json(raw: RawDataElement, encodings) -> dict[str, Any]:
     caller falls back to pydicom's own conversion; test_dicom_parsing checks the two agree on every
     test file."""
     vr = raw.VR
+    assert vr is not None  # _element_json passes explicit-VR elements only (raw.VR in RAW_JSON_VRS)
     if vr != "PN":
         try:
             values = _quick_values(vr, raw, encodings)

@@ -267,7 +267,7 @@ def check_native_length(ds: Dataset, frame: int) -> None:
         )
 
 
-def _decode_failure(ds: Dataset, exc: Exception) -> str:
+def _decode_failure(ds: Dataset, exc: BaseException) -> str:
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     name = ts.name if ts.is_valid else str(ts)
     text = str(exc).lower()
@@ -373,7 +373,7 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     elif window.function == "LINEAR_EXACT":
         out = (x - c) / w + 0.5
     else:
-        out = (x - (c - 0.5)) / max(w - 1.0, 1e-6) + 0.5
+        out = (x - (c - 0.5)) / max(w - 1.0, np.float32(1e-6)) + 0.5
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 

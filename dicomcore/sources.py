@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import pydicom
 
@@ -53,7 +53,7 @@ class Source:
     archive: Path | None = None
     member: str | None = None
 
-    def open(self) -> BinaryIO:
+    def open(self) -> IO[bytes]:
         if self.path is not None:
             return open(self.path, "rb")
         if self.archive is None or self.member is None:
@@ -90,7 +90,7 @@ def walk(paths: Iterable[str | os.PathLike], *, zip_limits: ZipLimits = ZipLimit
             yield Skipped(str(path), "no such file or folder")
 
 
-def _file(path: Path, zip_limits: ZipLimits) -> Iterator[Source | Skipped]:
+def _file(path: Path, zip_limits: ZipLimits) -> Iterator[Source | Skipped | Refused]:
     label = str(path)
     try:
         info = path.stat()
@@ -147,7 +147,7 @@ def dicomdir_files(path: Path) -> Iterator[Source | Skipped]:
             yield Source(label=label, size=target.stat().st_size, path=target)
 
 
-def zip_members(archive: Path | BinaryIO, *, label: str, limits: ZipLimits) -> Iterator[Source | Skipped]:
+def zip_members(archive: Path | BinaryIO, *, label: str, limits: ZipLimits) -> Iterator[Source | Skipped | Refused]:
     """The members of a zip, after the whole archive passed `limits`; unsafe members are Skipped.
 
     `archive` is a path (members are re-opened by path later) or an open binary file (members
@@ -213,7 +213,7 @@ def member_not_an_instance(info: zipfile.ZipInfo) -> str:
     return ""
 
 
-def open_member(archive: Path, member: str) -> BinaryIO:
+def open_member(archive: Path, member: str) -> IO[bytes]:
     """A readable stream of one zip member; zipfile stops at the declared size and checks the CRC.
 
     The archive's ZipFile is kept open per process (import workers read many members of the
@@ -291,14 +291,14 @@ def prepare(source: Source, *, max_bytes: int, max_inflated_bytes: int, temp_dir
                             raise InvalidDicom(f"the file is larger than the limit of {max_bytes} bytes")
                         hasher.update(chunk)
                         handle.write(chunk)
-        with open(path, "rb") as handle:
+        with open(path, "rb") as stored:
             if source.path is None:  # files on disk were classified by walk(); zip members only now
-                reason = classify(handle.read(PREAMBLE_LENGTH + len(DICM)), PurePosixPath(source.member or "").name)
+                reason = classify(stored.read(PREAMBLE_LENGTH + len(DICM)), PurePosixPath(source.member or "").name)
                 if reason:
                     _remove(temporary)
                     return Refused(source.label, reason, skipped=True)
-                handle.seek(0)
-            parsed = parse_dicom(handle, max_inflated_bytes=max_inflated_bytes)
+                stored.seek(0)
+            parsed = parse_dicom(stored, max_inflated_bytes=max_inflated_bytes)
     except InvalidDicom as exc:
         _remove(temporary)
         return Refused(source.label, str(exc), skipped=isinstance(exc, NotAnInstance))

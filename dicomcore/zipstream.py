@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import IO
 
 from .constants import CHUNK_SIZE
 
@@ -34,13 +34,16 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass  # zipfile leaves a file object it was given open; this makes _Sink a complete writable
+
     def take(self) -> bytes:
         data = b"".join(self._chunks)
         self._chunks.clear()
         return data
 
 
-def stream_zip(members: Iterable[tuple[str, Callable[[], BinaryIO]]]) -> Iterator[bytes]:
+def stream_zip(members: Iterable[tuple[str, Callable[[], IO[bytes]]]]) -> Iterator[bytes]:
     """Yield a zip of `members` ((name, opener) pairs) chunk by chunk.
 
     A member whose opener raises OSError is left out and listed in a final MISSING.txt, since

@@ -44,6 +44,7 @@ def _ingest_zip(owner, upload, name: str) -> Iterator[Outcome]:
             if not isinstance(item, sources.Source):
                 yield not_imported(item)
                 continue
+            assert archive is not None and item.member is not None  # a Source here is a member of this archive
             try:
                 with archive.open(item.member) as stream:
                     staged = stage_stream(stream, os.path.basename(item.member))

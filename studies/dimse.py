@@ -50,7 +50,8 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.sop_class import Verification
+from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom adds its SOP classes at import time
 
 from dicomcore.constants import CHUNK_SIZE, DICM, PREAMBLE_LENGTH
 from dicomsite.logging import request_id_var
@@ -148,6 +149,7 @@ def build_ae(*, ae_title: str = DEFAULT_AE_TITLE) -> AE:
     ae = AE(ae_title=ae_title)
     ae.require_called_aet = True
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None  # each names its storage SOP class
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     return ae
@@ -160,12 +162,13 @@ def start_server(*, owner, port: int = DEFAULT_PORT, ae_title: str = DEFAULT_AE_
     block=True, serves until KeyboardInterrupt, then stops cleanly and returns None.
     """
     sessions = _Sessions()
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, handle_store, [owner, sessions]),
         (evt.EVT_PDU_RECV, _guard_receive, [sessions]),
         (evt.EVT_ACCEPTED, _log_accepted, [sessions]),
     ]
     server = build_ae(ae_title=ae_title).start_server((host, port), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False returns the running server
     logger.info("dimse scp listening host=%s port=%d ae_title=%s", host, server.server_address[1], ae_title)
     if not block:
         return server

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from functools import partial
 
 from django.conf import settings
@@ -94,7 +94,9 @@ def not_imported(item: sources.Skipped | sources.Refused) -> Outcome:
     return Outcome(Reason.UNREADABLE, item.reason, label=item.label)
 
 
-def _prepared(found: Iterator, prepare, workers: int) -> Iterator:
+def _prepared(
+    found: Iterator[sources.Source | sources.Skipped | sources.Refused], prepare, workers: int
+) -> Generator[sources.Prepared | sources.Skipped | sources.Refused, None, None]:
     """Skipped and Refused items as they are; Sources prepared (in worker processes when workers > 1), in order."""
     if workers <= 1:
         for item in found:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import ServiceError  # which imports this module
 
 
 class Status(StrEnum):
@@ -74,7 +77,7 @@ class Outcome:
     object_type: str = "instance"
     label: str = ""
     size: int = 0
-    error: Exception | None = None
+    error: ServiceError | None = None
 
     @property
     def status(self) -> Status:

@@ -13,6 +13,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import cast
 
 from django.conf import settings
 from django.core.files import File
@@ -199,7 +200,9 @@ def _classify_batch(owner, files: list, outcomes: list, planned: dict[str, set])
     ):
         known_sha[sha] = str(pk)
         known_uid[uid] = str(pk)
-    fresh, batch_sha, batch_uid = [], {}, {}
+    fresh: list[int] = []
+    batch_sha: dict[str, int] = {}
+    batch_uid: dict[str, int] = {}
     for index, item in enumerate(files):
         uid = item.parsed.sop_instance_uid
         if item.size > settings.DICOM_MAX_UPLOAD_BYTES:
@@ -304,7 +307,7 @@ def _source_copy(path, size: int):
     """(content, reader) for storing a checked file: read with a zeroed preamble, hashed as it is read."""
     with open(path, "rb") as handle:
         reader = _StoredCopyReader(handle)
-        content = File(reader, name="upload.dcm")
+        content = File(reader, name="upload.dcm")  # type: ignore[arg-type]  # File wraps any file-like; the stubs want an IO
         content.size = size
         yield content, reader
 
@@ -471,7 +474,7 @@ def _lock(model, pk, *, no_key: bool = False) -> bool:
 
 def delete_instance(*, instance: Instance) -> None:
     """Delete an instance, then its series and study if they became empty; the file goes after commit."""
-    stored_name = instance.file.name
+    stored_name = cast(str, instance.file.name)  # a catalogued instance always has its stored file
     with transaction.atomic():
         # Lock the study and series first (uploads joining them lock them too, in _catalogue): no upload
         # can commit an instance into them between "is it empty?" and the delete below.

@@ -7,7 +7,7 @@ bytes as they will be stored and the size. Memory stays flat whatever the file s
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
@@ -21,6 +21,9 @@ from .errors import UploadTooLarge
 
 class StagedFile(TemporaryUploadedFile):
     """A temporary file with the running SHA-256 (preamble zeroed) and size of what was written."""
+
+    file: BinaryIO  # the binary NamedTemporaryFile TemporaryUploadedFile opens (never None)
+    size: int  # 0 until finish() sets the bytes written
 
     def __init__(self, name: str, content_type: str = "application/dicom", max_bytes: int | None = None) -> None:
         # The client's name is only data (`original_name`); it never names anything on disk.
@@ -52,7 +55,13 @@ def clean_filename(name: str | None) -> str:
     return "".join(ch for ch in base if ch.isprintable())[:255]
 
 
-def stage_stream(stream: BinaryIO, name: str = "", *, max_bytes: int | None = None) -> StagedFile:
+class Readable(Protocol):
+    """What stage_stream reads from: a request body, an open file, a zip member, a DIMSE data set."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def stage_stream(stream: Readable, name: str = "", *, max_bytes: int | None = None) -> StagedFile:
     """Copy a readable stream into a StagedFile in chunks, refusing it beyond `max_bytes`."""
     staged = StagedFile(name, max_bytes=max_bytes)
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.http.multipartparser import MultiPartParser as DjangoMultiPartParser
-from django.http.multipartparser import MultiPartParserError, parse_header_parameters
+from django.http.multipartparser import MultiPartParserError
 from django.utils.datastructures import MultiValueDict
+from django.utils.http import parse_header_parameters
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser, DataAndFiles, MultiPartParser
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any, cast
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
@@ -55,10 +57,11 @@ def _link(view_name: str, pk, request) -> str:
 _PK_MARK = "00000000-0000-0000-0000-000000000000"
 
 
-def _cached_link(context: dict, view_name: str, pk) -> str:
+def _cached_link(context: Mapping[str, Any], view_name: str, pk) -> str:
     """The link, with reverse() done once per request and view (a list page needs 250 of them;
     measured with python -m bench run http: reversing was half of a 50-row page's serialization)."""
-    templates = context.setdefault("_link_templates", {})
+    # The stubs type a serializer's context as a Mapping; DRF keeps the dict it was given, shared per request.
+    templates = cast(dict[str, Any], context).setdefault("_link_templates", {})
     parts = templates.get(view_name)
     if parts is None:
         parts = templates[view_name] = _link(view_name, _PK_MARK, context.get("request")).split(_PK_MARK)
@@ -188,7 +191,8 @@ class StudyDetailSerializer(StudySerializer):
 
     @extend_schema_field(SeriesSummarySerializer(many=True))
     def get_series(self, obj: Study) -> list:
-        return SeriesSummarySerializer(selectors.series_of_study(obj), many=True, context=self.context).data
+        # many=True makes a ListSerializer (the stubs cannot see it): its data is a ReturnList.
+        return cast(list, SeriesSummarySerializer(selectors.series_of_study(obj), many=True, context=self.context).data)
 
 
 class SeriesSerializer(serializers.ModelSerializer):
@@ -219,7 +223,8 @@ class SeriesDetailSerializer(SeriesSerializer):
 
     @extend_schema_field(InstanceSummarySerializer(many=True))
     def get_instances(self, obj: Series) -> list:
-        return InstanceSummarySerializer(selectors.instances_of_series(obj), many=True, context=self.context).data
+        # many=True makes a ListSerializer (the stubs cannot see it): its data is a ReturnList.
+        return cast(list, InstanceSummarySerializer(selectors.instances_of_series(obj), many=True, context=self.context).data)
 
 
 DICOM_JSON_SCHEMA = OpenApiTypes.OBJECT

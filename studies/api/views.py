@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from functools import partial
+from typing import Any, cast
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.http import FileResponse, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
@@ -315,9 +318,9 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
     level's original files. Subclasses name the selector, serializers and the zip's name."""
 
     lookup_value_regex = UUID_PATTERN
-    scoped = staticmethod(selectors.studies_for)
-    list_serializer = StudySerializer
-    detail_serializer = StudyDetailSerializer
+    scoped: Callable[[Any], QuerySet[Any]] = staticmethod(selectors.studies_for)
+    list_serializer: type[StudySerializer | SeriesSerializer] = StudySerializer
+    detail_serializer: type[StudyDetailSerializer | SeriesDetailSerializer] = StudyDetailSerializer
     uid_field = "study_instance_uid"
     level = "study"
 
@@ -361,7 +364,8 @@ def _archive_response(instances, filename: str) -> StreamingHttpResponse:
     """Stream a zip (STORED members named <SeriesInstanceUID>/<SOPInstanceUID>.dcm): memory stays flat,
     and a client that disconnects stops the generator, closing the file being read."""
     members = (
-        (f"{inst.series.series_instance_uid}/{inst.sop_instance_uid}.dcm", partial(inst.file.storage.open, inst.file.name, "rb"))
+        # A catalogued instance always has its stored file (the stubs allow a FieldFile without a name).
+        (f"{inst.series.series_instance_uid}/{inst.sop_instance_uid}.dcm", partial(inst.file.storage.open, cast(str, inst.file.name), "rb"))
         for inst in selectors.archive_members(instances).iterator(chunk_size=500)
     )
     response = StreamingHttpResponse(zipstream.stream_zip(members), content_type="application/zip")

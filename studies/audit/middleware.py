@@ -101,11 +101,12 @@ def _exists(object_type: str, object_id: str) -> bool:
     """Whether the object exists for anyone: by id (REST API, admin) or by DICOM UID (DICOMweb paths)."""
     from ..models import Instance, Series, Study  # the catalogue's models import this package's
 
-    model, uid_field = {
+    models: dict[str, tuple[type[Instance] | type[Study] | type[Series], str]] = {
         "instance": (Instance, "sop_instance_uid"),
         "study": (Study, "study_instance_uid"),
         "series": (Series, "series_instance_uid"),
-    }[object_type]
+    }
+    model, uid_field = models[object_type]
     lookup = {uid_field: object_id} if re.fullmatch(r"[0-9.]+", object_id) else {"pk": object_id}
     try:
         return model.objects.filter(**lookup).exists()

@@ -15,7 +15,7 @@ from .. import selectors
 from ..models import Instance, Series, Study
 from . import protocol as web
 
-MODELS = {"study": Study, "series": Series, "instance": Instance}
+MODELS: dict[str, type[Study] | type[Series] | type[Instance]] = {"study": Study, "series": Series, "instance": Instance}
 # Path from each queried model to the table holding an attribute of a level.
 PREFIX = {
     "study": {"study": ""},
@@ -60,6 +60,7 @@ def _condition(level: str, match: web.Match) -> Q:
     if match.kind == "modalities":
         study_ref = OuterRef("pk") if level == "study" else OuterRef("study_id")
         return Q(Exists(Series.objects.filter(study=study_ref, modality__in=match.value)))
+    assert attribute.column is not None  # computed attributes are NOT_MATCHABLE, or ModalitiesInStudy (above)
     column = PREFIX[level][attribute.level] + attribute.column
     if match.kind == "uids":
         return Q(**{f"{column}__in": match.value})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pydicom
 from django.conf import settings
@@ -20,6 +20,9 @@ from ..errors import InvalidParameter, ServiceError, UploadTooLarge
 from ..outcome import Outcome, Reason
 from ..uploads import StagedFile, stage_stream
 from . import protocol as web
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # defined for type checkers only
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class _PartReader:
         self._value = b""
         self._headers: dict[bytes, bytes] = {}
 
-    def callbacks(self) -> dict[str, Callable]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": lambda data, start, end: self._append("_field", data[start:end]),
@@ -130,9 +133,11 @@ class _PartReader:
             raise UnsupportedMediaType(f"a part is {media[:60]}; only {DICOM_TYPE} parts are stored")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
+        assert self.current is not None  # python-multipart calls it between on_part_begin and on_part_end
         self.current.append(data[start:end])
 
     def _end(self) -> None:
+        assert self.current is not None
         self.parts.append(self.current.finish())
         self.current = None
 
@@ -188,7 +193,7 @@ def _uids(staged: StagedFile) -> tuple[str, str, str]:
             staged.file, stop_before_pixels=True, force=True,
             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
         )
-        values = tuple(_clean_uid(ds.get(k, "")) for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"))
+        values = (_clean_uid(ds.get("SOPClassUID", "")), _clean_uid(ds.get("SOPInstanceUID", "")), _clean_uid(ds.get("StudyInstanceUID", "")))
     except Exception:  # noqa: BLE001 - an unreadable part is reported as a failure by the ingest below
         values = ("", "", "")
     finally:

@@ -127,7 +127,8 @@ class InstanceSearchView(SearchView):
 class RetrieveView(StudiesView):
     """GET a study, series or instance as multipart/related application/dicom; POST stores into the study."""
 
-    def get(self, request, study: str, series: str | None = None, instance: str | None = None):
+    # `study` is optional as in SearchView.get, which this overrides; the URLs routed here always give it.
+    def get(self, request, study: str | None = None, series: str | None = None, instance: str | None = None):
         found = self.instances(study=study, series=series, instance=instance)
         accepts = parse_accept(request.META.get("HTTP_ACCEPT", ""), default="application/dicom")
         plan = [(one, web.instance_transfer_syntax(accepts, one.transfer_syntax_uid, can_transcode=_can_convert(one))) for one in found]

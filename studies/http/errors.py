@@ -77,10 +77,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if not isinstance(exc, exceptions.APIException):
         return None
     headers = {}
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
-    if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(int(exc.wait))
+    auth_header = getattr(exc, "auth_header", None)  # set by DRF's APIView on authentication failures
+    if auth_header:
+        headers["WWW-Authenticate"] = auth_header
+    wait = getattr(exc, "wait", None)  # Throttled
+    if wait:
+        headers["Retry-After"] = str(int(wait))
     extra: dict[str, Any] = {}
     if isinstance(exc, exceptions.ValidationError):
         extra["fields"] = exc.detail
