@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
-from pydicom.data import get_testdata_file
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from pydicom.data import get_testdata_file
 
 from studies.models import Instance, Series, Study
 

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from studies.models import Instance
 
-from .conftest import drain, CT_SMALL, client_for, dicom_bytes, stored_files, upload
+from .conftest import CT_SMALL, client_for, dicom_bytes, drain, stored_files, upload
 
 ROLES = ["owner", "other", "staff", "viewer", "superuser", "anonymous"]
 SEES_EVERYTHING = {"owner", "viewer", "superuser"}  # may read the owner's upload

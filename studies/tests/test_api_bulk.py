@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from studies.models import Instance
 
-from .conftest import assert_error, assert_storage_consistent, client_for, CT_SMALL, dicom_bytes, stored_files, upload
+from .conftest import CT_SMALL, assert_error, assert_storage_consistent, client_for, dicom_bytes, stored_files, upload
 
 # Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]

@@ -23,11 +23,11 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
-from studies import imaging
 from dicomcore import rendering
+from studies import imaging
 from studies.models import Instance
 
-from .conftest import assert_error, client_for, CT_SMALL, dicom_bytes, pydicom_data_dir, upload
+from .conftest import CT_SMALL, assert_error, client_for, dicom_bytes, pydicom_data_dir, upload
 
 CT_FRAME_BYTES = 128 * 128 * 2
 USES_REDIS = "redis" in django_settings.CACHES["default"]["BACKEND"].lower()

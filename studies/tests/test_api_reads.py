@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from studies.models import Instance
 
-from .conftest import assert_error, client_for, CT_SMALL, dicom_bytes, drain, stored_files, upload
+from .conftest import CT_SMALL, assert_error, client_for, dicom_bytes, drain, stored_files, upload
 
 CT_PATIENT_NAME = "CompressedSamples^CT1"
 

@@ -221,10 +221,10 @@ def test_upload_over_the_size_limit_is_413_and_stores_nothing(api, media_root, s
 
 def test_streaming_cap_applies_even_when_content_length_is_small(owner, media_root, settings):
     """The handler counts bytes as they stream, so a lying/absent Content-Length cannot bypass the cap."""
+    import io
+
     from studies.errors import UploadTooLarge
     from studies.uploads import stage_stream
-
-    import io
 
     with pytest.raises(UploadTooLarge):
         stage_stream(io.BytesIO(CT_SMALL.read_bytes()), "x.dcm", max_bytes=1000)
@@ -232,13 +232,13 @@ def test_streaming_cap_applies_even_when_content_length_is_small(owner, media_ro
 
 def test_catalogue_failure_after_the_file_is_stored_removes_the_file(owner, media_root, monkeypatch):
     """A database error after the storage write (a fault we cannot cause for real in SQLite, hence the patch)."""
+    import io
+
     from django.db import IntegrityError
 
     from studies import services
     from studies.outcome import Reason
     from studies.uploads import stage_stream
-
-    import io
 
     def broken(*args, **kwargs):
         raise IntegrityError("simulated failure after the file was written")

@@ -11,6 +11,7 @@ database) the subprocess gets its own migrated database file, read back with sql
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,7 +25,6 @@ import sys
 import threading
 import zipfile
 from collections import Counter
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -37,12 +37,12 @@ from django.db import connection
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from studies import importer, services
-from studies.outcome import Reason, Status
 from dicomcore import sources
+from studies import importer, services
 from studies.models import Instance, Series, Study
+from studies.outcome import Reason, Status
 
-from .conftest import CT_SMALL, assert_storage_consistent, dicom_bytes, pydicom_data_dir, PYDICOM_TEST_FILES, stored_files
+from .conftest import CT_SMALL, PYDICOM_TEST_FILES, assert_storage_consistent, dicom_bytes, pydicom_data_dir, stored_files
 
 # Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]

@@ -32,7 +32,9 @@ from django.db import connection
 from django.test import Client
 from django.utils.html import escape
 from django.utils.http import parse_header_parameters
-from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -723,7 +725,10 @@ def test_markup_in_header_values_is_escaped_in_every_html_view_and_exact_in_json
     assert response.status_code == 201
     instance = response.json()
     for keyword, value in MARKUP.items():
-        field = {"PatientName": "patient_name", "StudyDescription": "study_description", "SeriesDescription": "series_description", "PatientID": "patient_id", "AccessionNumber": "accession_number"}[keyword]
+        field = {
+            "PatientName": "patient_name", "StudyDescription": "study_description", "SeriesDescription": "series_description",
+            "PatientID": "patient_id", "AccessionNumber": "accession_number",
+        }[keyword]  # fmt: skip
         assert instance[field] == value  # exact in JSON
     # The values each view shows (html_views' order), every one escaped.
     every = set(MARKUP)
@@ -919,7 +924,7 @@ def test_fuzz_mutated_files_are_accepted_or_refused_by_the_service_never_crash_i
     name, steps, data = case
     try:
         submit(api, media_root, data)
-    except BaseException as exc:  # noqa: BLE001 - codecs raise BaseExceptions too (pyo3 panics)
+    except BaseException as exc:
         reported = known_bug(exc)
         if reported is None or isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise AssertionError(f"{name} mutated by {steps}: {type(exc).__name__}: {exc}") from exc

@@ -266,7 +266,8 @@ def grouped_errors(results: list[FileResult], error: Callable[[FileResult], str]
     groups: dict[str, list[str]] = {}
     for r in results:
         groups.setdefault(error(r), []).append(r.label)
-    return [f"  {len(labels):3d} x {message}: {', '.join(labels[:4])}{' ...' if len(labels) > 4 else ''}" for message, labels in sorted(groups.items(), key=lambda g: -len(g[1]))]
+    by_size = sorted(groups.items(), key=lambda g: -len(g[1]))
+    return [f"  {len(labels):3d} x {message}: {', '.join(labels[:4])}{' ...' if len(labels) > 4 else ''}" for message, labels in by_size]
 
 
 # --- the tests -----------------------------------------------------------------------------------------------
@@ -340,7 +341,8 @@ def test_output_matches_dcmtk(corpus: Corpus, capsys):
     new = [f"{r.label}: MAE {r.mae:.2f} (max {r.max_difference}) with {' '.join(r.dcmtk_args)}" for r in outside if r.label not in KNOWN_DIFFERENCES]
     assert not new, "outside MAE 1.0 and not in KNOWN_DIFFERENCES (find which side is wrong):\n" + "\n".join(new)
     stale = [
-        f"{label}: " + (f"MAE now {corpus.results[label].mae:.2f}" if label in corpus.results and corpus.results[label].mae is not None else "no longer compared")
+        f"{label}: "
+        + (f"MAE now {corpus.results[label].mae:.2f}" if label in corpus.results and corpus.results[label].mae is not None else "no longer compared")
         for label in KNOWN_DIFFERENCES
         if label not in corpus.results or corpus.results[label].mae is None or corpus.results[label].within
     ]

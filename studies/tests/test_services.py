@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from django.test import override_settings
 
-from studies import services
 from dicomcore import sources
+from studies import services
 from studies.errors import InvalidUpload, SeriesConflict
 from studies.models import Instance, Series, Study
 from studies.outcome import Outcome, Reason, Status, counts
