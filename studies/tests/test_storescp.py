@@ -329,15 +329,42 @@ def test_a_data_set_far_beyond_the_limit_aborts_the_association(scp, settings):
     assert Instance.objects.count() == 1
 
 
-def test_an_unexpected_error_is_a_failure_status_not_a_dropped_association(scp, settings, media_root, tmp_path, staging):
+def test_a_storage_failure_is_out_of_resources_and_the_association_goes_on(scp, settings, media_root, tmp_path, staging):
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
-    settings.MEDIA_ROOT = blocker / "media"  # storage cannot create its folders: an OSError, not a refusal
+    settings.MEDIA_ROOT = blocker / "media"  # storage cannot create its folders: a real storage failure
 
     assoc = associate(scp)
     try:
         failed = assoc.send_c_store(sample("CT_small.dcm"))
         settings.MEDIA_ROOT = media_root
+        after = assoc.send_c_store(sample("MR_small.dcm"))
+    finally:
+        assoc.release()
+
+    assert (failed.Status, after.Status) == (dimse.OUT_OF_RESOURCES, 0x0000)
+    assert failed.ErrorComment == "storage unavailable"
+    assert list(Instance.objects.values_list("modality", flat=True)) == ["MR"]
+    assert list(AuditEvent.objects.order_by("id").values_list("outcome", "status")) == [("error", 503), ("success", 201)]
+    assert list(staging.iterdir()) == []
+
+
+def test_an_unexpected_error_is_a_failure_status_not_a_dropped_association(scp, media_root, monkeypatch, staging):
+    # A bug in the service cannot be caused for real (every known failure is an outcome): injected here.
+    real_ingest = dimse.services.ingest
+    calls = []
+
+    def ingest_once_broken(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            kwargs["staged"].close()
+            raise RuntimeError("a bug")
+        return real_ingest(**kwargs)
+
+    monkeypatch.setattr(dimse.services, "ingest", ingest_once_broken)
+    assoc = associate(scp)
+    try:
+        failed = assoc.send_c_store(sample("CT_small.dcm"))
         after = assoc.send_c_store(sample("MR_small.dcm"))
     finally:
         assoc.release()
