@@ -158,8 +158,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         raise ImproperlyConfigured(f"DATABASE_RANDOM_PAGE_COST={_page_cost!r} is not a number") from None
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", f"-c random_page_cost={_page_cost}")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Concurrent writers wait for the lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # The embedded default must hold parallel uploaders (gunicorn threads, runserver threads, import_dicom):
+    # - WAL: readers never block the writer, nor the writer readers;
+    # - BEGIN IMMEDIATE for every transaction: a transaction that starts as a reader and then writes cannot
+    #   be given the busy timeout (SQLite answers "database is locked" at once to avoid a deadlock), so each
+    #   takes the write lock up front and waits its turn;
+    # - a busy timeout long enough for a queue of writers (each holds the lock for milliseconds).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=env_int("DATABASE_SQLITE_TIMEOUT", 30, minimum=1),
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    )
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
