@@ -14,7 +14,7 @@ PORT ?= 8000
 # browsers, live servers and DICOM network peers, postgres = needs DATABASE_URL=postgres://...
 FAST_MARKERS := not slow and not e2e
 
-.PHONY: run test test-fast lint install install-test install-bench system-deps schema clean
+.PHONY: run test test-fast lint install install-test install-bench system-deps admin-password schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
 SYSTEM_TOOLS := dcmj2pnm:dcmtk chromium:chromium
@@ -46,8 +46,14 @@ install-test: $(TEST_STAMP)
 install-bench: $(BENCH_STAMP)
 
 # DEBUG is on only here (a developer's own machine); production sets DJANGO_SECRET_KEY and leaves it off.
+# .env (git-ignored, 0600): DJANGO_DEBUG=1 and a generated key, read by manage.py when the shell sets no key,
+# so every manage.py command works after `make run` (dicomsite/devenv.py).
+.env:
+	@umask 077 && printf 'DJANGO_DEBUG=1\nDJANGO_SECRET_KEY=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' 2>/dev/null || python3 -c 'import secrets; print(secrets.token_urlsafe(50))')" > .env
+	@echo "wrote .env (DJANGO_DEBUG=1 and a generated secret key, for manage.py in this folder)"
+
 run: export DJANGO_DEBUG ?= 1
-run: install
+run: install .env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py ensure_admin
 	@echo "Serving on http://$(HOST):$(PORT)/  (API docs: /api/docs/, admin: /admin/)"
@@ -68,6 +74,10 @@ lint: export DJANGO_SECRET_KEY ?= lint-only-secret-key
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# A lost admin password: set a new one (asks twice).
+admin-password: install .env
+	$(BIN)/python manage.py changepassword admin
 
 schema: install
 	DJANGO_SECRET_KEY=schema $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null

@@ -7,6 +7,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dicomsite.settings")
+    from dicomsite import devenv
+
+    devenv.load()  # the developer's .env from `make run`, only when the environment sets no secret key
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

@@ -104,6 +104,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "dicomsite.logging.RequestIdMiddleware",
+    # Outside everything that can answer with an HTML page: API errors stay JSON, in DEBUG too.
+    "studies.http.middleware.JsonErrorsMiddleware",
     "studies.http.middleware.RejectNulInQueryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

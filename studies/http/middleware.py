@@ -21,3 +21,32 @@ class RejectNulInQueryMiddleware:
                 return JsonResponse(error_body(message, "invalid_parameter"), status=400)
             return HttpResponseBadRequest(message)
         return self.get_response(request)
+
+
+API_PREFIXES = ("/api/", "/dicomweb/")
+# What a non-JSON error page under the API prefixes becomes (Django's own pages: DEBUG's technical 404/500,
+# CommonMiddleware's redirects are not errors and pass).
+PAGE_ERRORS = {
+    404: ("no such endpoint", "not_found"),
+    405: ("this method is not allowed here", "method_not_allowed"),
+    500: ("internal error; it has been logged", "server_error"),
+}
+
+
+class JsonErrorsMiddleware:
+    """Under /api/ and /dicomweb/ every error is the service's JSON shape, in DEBUG too: Django's HTML pages
+    (the technical 404 of an unknown route or a malformed id, a 500 page) are replaced, with the same status."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code >= 400
+            and request.path.startswith(API_PREFIXES)
+            and not response.get("Content-Type", "").startswith(("application/json", "application/dicom+json"))
+        ):
+            message, code = PAGE_ERRORS.get(response.status_code, ("the request cannot be answered", "error"))
+            return JsonResponse(error_body(message, code), status=response.status_code)
+        return response

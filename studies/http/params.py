@@ -70,15 +70,22 @@ def quality(params: Mapping[str, str]) -> int:
 
 def image_format(params: Mapping[str, str], accept: str, default: str) -> str:
     """`format=` wins; else the first supported type the Accept header names (in the client's
-    order); else `default`."""
+    order); else `default` when the header is empty or takes any image; else NotAcceptable (406)."""
     requested = (params.get("format") or "").strip().lower()
     if requested:
         requested = "jpeg" if requested == "jpg" else requested
         if requested not in rendering.FORMATS:
             raise InvalidRenderParameter(f"format must be one of {', '.join(rendering.FORMATS)}, not '{requested[:20]}'")
         return requested
-    media = choose(parse_accept(accept, default=""), IMAGE_MEDIA_TYPES, wildcards=False)
-    return IMAGE_MEDIA_TYPES[media] if media else default
+    accepts = parse_accept(accept, default="")
+    media = choose(accepts, IMAGE_MEDIA_TYPES, wildcards=False)
+    if media:
+        return IMAGE_MEDIA_TYPES[media]
+    if not (accept or "").strip() or any(a.media_type in ("*/*", "*", "image/*") for a in accepts):
+        return default  # the client said nothing, or takes any image: the route's own default
+    raise NotAcceptable(
+        f"images are {', '.join(IMAGE_MEDIA_TYPES)} (Accept, or format={'|'.join(rendering.FORMATS)}), not {accept.strip()[:60]}"
+    )
 
 
 def rest_options(

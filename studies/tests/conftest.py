@@ -40,6 +40,7 @@ E2E_MODULES = {
 SLOW_MODULES = {
     "test_rendering_reference.py": "every corpus file rendered by the service and by dcmtk (6 s)",
     "test_api_schema_fuzz.py": "schemathesis over every API operation (12 s)",
+    "test_devenv.py": "manage.py in a subprocess, three times (20 s)",
 }
 E2E_FIXTURES = {
     "live_server": "a live HTTP server (dicomweb-client, OHIF request sequence)",

@@ -366,13 +366,13 @@ def test_unknown_format_is_400(api, uploaded, fmt):
         ("image", "image/png", "image/png"),
         ("image", "text/html,application/xhtml+xml,image/webp,*/*;q=0.8", "image/webp"),  # a browser
         ("image", "image/avif, image/jpeg;q=0.9", "image/jpeg"),  # the first one supported
-        ("image", "text/html", "image/png"),  # nothing supported: the default, never 406
+        ("image", "text/html, */*;q=0.1", "image/png"),  # any type at all: the route's default
         ("image", "*/*", "image/png"),
         ("image", "image/*", "image/png"),
         ("image", "", "image/png"),
         ("thumbnail", "image/png", "image/png"),
         ("thumbnail", "image/webp", "image/webp"),
-        ("thumbnail", "text/html", "image/jpeg"),
+        ("thumbnail", "text/html, image/*", "image/jpeg"),
         ("thumbnail", "", "image/jpeg"),
     ],
 )

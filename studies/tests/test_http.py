@@ -83,6 +83,17 @@ def test_rest_format_from_accept_names_types_exactly(accept, expected):
     assert params.rest_options({}, accept=accept).image_format == expected
 
 
+@pytest.mark.parametrize("accept", ["image/gif", "application/json", "image/png; q=0"])
+def test_rest_format_an_accept_that_names_no_offered_image_type_is_not_acceptable(accept):
+    with pytest.raises(NotAcceptable, match="images are image/png, image/jpeg, image/webp"):
+        params.rest_options({}, accept=accept)
+
+
+def test_rest_format_any_image_or_anything_takes_the_routes_default():
+    assert params.rest_options({}, accept="image/avif, */*;q=0.8", default_format="jpeg").image_format == "jpeg"
+    assert params.rest_options({"format": "webp"}, accept="image/gif").image_format == "webp"  # format= wins
+
+
 @pytest.mark.parametrize(
     ("query", "words"),
     [
