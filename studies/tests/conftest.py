@@ -35,6 +35,7 @@ def pydicom_data_dir() -> Path:
 
 E2E_MODULES = {
     "test_admin_browser.py": "real Chromium through playwright (23 s)",
+    "test_serve_front.py": "real nginx in front of real gunicorn (deploy/serve.py)",
 }
 SLOW_MODULES = {
     "test_rendering_reference.py": "every corpus file rendered by the service and by dcmtk (6 s)",
