@@ -279,3 +279,13 @@ def test_a_200_mb_upload_through_nginx_keeps_the_gunicorn_worker_rss_flat(front,
     print(f"\n{size / 1024**2:.0f} MiB upload: gunicorn worker RSS grew by at most {growth_mib:.1f} MiB")
     assert response.status == 201, answer[:500]
     assert growth_mib < 64, f"the worker's RSS grew by {growth_mib:.0f} MiB for a {size / 1024**2:.0f} MiB upload"
+
+
+def test_serve_refuses_clearly_without_a_secret_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "deploy/serve.py", "--run-dir", str(tmp_path / "run")], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr
+    assert not (tmp_path / "run").exists()
