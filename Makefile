@@ -9,20 +9,30 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime-$(call hash,requirements/runtime.txt
 TEST_STAMP := $(VENV)/.installed-test-$(call hash,requirements/runtime.txt requirements/test.txt)
 BENCH_STAMP := $(VENV)/.installed-bench-$(call hash,requirements/runtime.txt requirements/bench.txt)
 HOST ?= 127.0.0.1
+# `make serve` listens on 8080 unless PORT is given (make run: 8000).
+SERVE_PORT := $(if $(filter command line environment,$(origin PORT)),$(PORT),8080)
 PORT ?= 8000
 # The tiers (markers applied by studies/tests/conftest.py): slow = whole-corpus and fuzz runs, e2e = real
 # browsers, live servers and DICOM network peers, postgres = needs DATABASE_URL=postgres://...
 FAST_MARKERS := not slow and not e2e
 
-.PHONY: run test test-fast lint install install-test install-bench system-deps admin-password schema clean
+.PHONY: run serve test test-fast lint install install-test install-bench system-deps nginx admin-password schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
-SYSTEM_TOOLS := dcmj2pnm:dcmtk chromium:chromium
+# The e2e tests of the production front (test_serve_front.py) drive a real nginx too.
+SYSTEM_TOOLS := dcmj2pnm:dcmtk chromium:chromium nginx:nginx
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing fonts-dejavu-core; \
 		else echo "missing system packages:$$missing (apt-get install them; the tests that need them will fail)"; fi; \
+	fi
+
+# `make serve` needs nginx only; install it when missing (needs root). /usr/sbin is not on every user's PATH.
+nginx:
+	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
+		else echo "nginx is missing: apt-get install nginx (as root), or set NGINX=/path/to/nginx"; fi; \
 	fi
 
 $(BIN)/python:
@@ -58,6 +68,11 @@ run: install .env
 	$(BIN)/python manage.py ensure_admin
 	@echo "Serving on http://$(HOST):$(PORT)/  (API docs: /api/docs/, admin: /admin/)"
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# The production front: nginx on HOST:PORT (default 127.0.0.1:8080) in front of gunicorn, DEBUG off
+# (deploy/serve.py, docs/operations.md). DJANGO_SECRET_KEY is required; Ctrl-C stops both.
+serve: install nginx
+	$(BIN)/python deploy/serve.py --host $(HOST) --port $(SERVE_PORT)
 
 # Tests use their own throwaway key; DATABASE_URL picks SQLite (default) or PostgreSQL.
 test: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production

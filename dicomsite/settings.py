@@ -197,7 +197,8 @@ FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 FILE_UPLOAD_TEMP_DIR = env_str("DICOM_UPLOAD_TEMP_DIR") or None
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `collectstatic` gathers them; under `make serve` nginx serves this folder at /static/.
+STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 # Serve app static files (admin, DRF, Swagger UI) from the finders too, so neither
 # `make run` nor the tests need `collectstatic`. Production runs collectstatic anyway.
 WHITENOISE_USE_FINDERS = True

@@ -36,6 +36,7 @@ def pydicom_data_dir() -> Path:
 E2E_MODULES = {
     "test_admin_browser.py": "real Chromium through playwright (23 s)",
     "test_sqlite_concurrency.py": "gunicorn and runserver on their own SQLite file, 8 parallel uploaders x 200 files (32 s)",
+    "test_serve_front.py": "real nginx in front of real gunicorn (deploy/serve.py)",
 }
 SLOW_MODULES = {
     "test_rendering_reference.py": "every corpus file rendered by the service and by dcmtk (6 s)",
