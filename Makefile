@@ -14,7 +14,7 @@ PORT ?= 8000
 # browsers, live servers and DICOM network peers, postgres = needs DATABASE_URL=postgres://...
 FAST_MARKERS := not slow and not e2e
 
-.PHONY: run test test-fast lint install install-test install-bench system-deps schema clean
+.PHONY: run worker test test-fast lint install install-test install-bench system-deps schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
 SYSTEM_TOOLS := dcmj2pnm:dcmtk chromium:chromium
@@ -52,6 +52,12 @@ run: install
 	$(BIN)/python manage.py ensure_admin
 	@echo "Serving on http://$(HOST):$(PORT)/  (API docs: /api/docs/, admin: /admin/)"
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# The background worker (pre-renders after upload): needs REDIS_URL, e.g. `REDIS_URL=redis://127.0.0.1:6379/0 make worker`.
+worker: export DJANGO_DEBUG ?= 1
+worker: install
+	@test -n "$$REDIS_URL" || { echo "set REDIS_URL (the worker takes its jobs from Redis)"; exit 1; }
+	$(BIN)/python manage.py rqworker prerender --with-scheduler
 
 # Tests use their own throwaway key; DATABASE_URL picks SQLite (default) or PostgreSQL.
 test: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
