@@ -182,11 +182,12 @@ def worker_env(external_db, media_root, temp) -> dict:  # noqa: F811 - the fixtu
     return {**subprocess_env(external_db, media_root, temp), "REDIS_URL": REDIS_DB, "DICOM_PRERENDER_RETRY_INTERVALS": "0"}
 
 
-def import_files(env: dict, folder) -> list[tuple[str, str, str]]:
+def import_files(env: dict, external_db, folder) -> list[tuple[str, str, str]]:  # noqa: F811 - the fixture's value
     """manage.py import_dicom (ingest_batch, its own process); (id, file key, sha256) of what it stored."""
     manage("import_dicom", str(folder), "--owner", "importer", "--progress", "none", env=env)
-    path = env["DATABASE_URL"].removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
+    if external_db.sqlite_path is None:  # PostgreSQL: the test's own database (transaction=True)
+        return [(str(pk), key, sha) for pk, key, sha in Instance.objects.filter(owner__username="importer").values_list("id", "file", "sha256")]
+    with sqlite3.connect(external_db.sqlite_path) as db:
         return [(str(uuid.UUID(pk)), key, sha) for pk, key, sha in db.execute("SELECT id, file, sha256 FROM studies_instance")]
 
 
@@ -194,14 +195,14 @@ def run_worker(env: dict):
     return manage("rqworker", prerender.QUEUE, "--burst", env=env)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # on PostgreSQL the subprocesses share the test's database
 def test_a_real_worker_prerenders_into_the_shared_cache_and_the_first_get_decodes_nothing(
     api, redis13, settings, external_db, media_root, upload_temp_dir, tmp_path  # noqa: F811
 ):
     data = dicom_bytes()
     write(tmp_path / "in" / "scan.dcm", data)
     env = worker_env(external_db, media_root, upload_temp_dir)
-    [(instance_id, _key, sha256)] = import_files(env, tmp_path / "in")
+    [(instance_id, _key, sha256)] = import_files(env, external_db, tmp_path / "in")
     [job] = queued(redis13)
     assert job.args == (instance_id,)
     for key in cache_keys(sha256):
@@ -233,13 +234,13 @@ def test_a_real_worker_prerenders_into_the_shared_cache_and_the_first_get_decode
     assert api.get(f"/api/instances/{here}/thumbnail/?size=64").status_code == 422  # not prerendered: decodes, fails
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_failing_job_is_retried_up_to_the_bound_then_left_failed_and_a_deleted_instance_is_a_no_op(
     redis13, external_db, media_root, upload_temp_dir, tmp_path  # noqa: F811
 ):
     write(tmp_path / "in" / "scan.dcm", dicom_bytes())
     env = worker_env(external_db, media_root, upload_temp_dir)
-    [(instance_id, key, sha256)] = import_files(env, tmp_path / "in")
+    [(instance_id, key, sha256)] = import_files(env, external_db, tmp_path / "in")
     stored = media_root / key
     corrupt = stored.read_bytes()[:-4000]  # the pixel data cut short: the frame cannot be decoded
     stored.write_bytes(corrupt)
