@@ -16,7 +16,7 @@ PORT ?= 8000
 # browsers, live servers and DICOM network peers, postgres = needs DATABASE_URL=postgres://...
 FAST_MARKERS := not slow and not e2e
 
-.PHONY: run serve test test-fast lint install install-test install-bench system-deps nginx admin-password schema clean
+.PHONY: run serve worker test test-fast lint install install-test install-bench system-deps nginx admin-password schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
 # The e2e tests of the production front (test_serve_front.py) drive a real nginx too.
@@ -73,6 +73,12 @@ run: install .env
 # (deploy/serve.py, docs/operations.md). DJANGO_SECRET_KEY is required; Ctrl-C stops both.
 serve: install nginx
 	$(BIN)/python deploy/serve.py --host $(HOST) --port $(SERVE_PORT)
+
+# The background worker (pre-renders after upload): needs REDIS_URL, e.g. `REDIS_URL=redis://127.0.0.1:6379/0 make worker`.
+worker: export DJANGO_DEBUG ?= 1
+worker: install
+	@test -n "$$REDIS_URL" || { echo "set REDIS_URL (the worker takes its jobs from Redis)"; exit 1; }
+	$(BIN)/python manage.py rqworker prerender --with-scheduler
 
 # Tests use their own throwaway key; DATABASE_URL picks SQLite (default) or PostgreSQL.
 test: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production

@@ -99,6 +99,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
+    # RQ on the Redis of REDIS_URL: `manage.py rqworker prerender` runs the background jobs (studies/prerender.py).
+    "django_rq",
     "studies",
 ]
 
@@ -299,6 +301,23 @@ else:
 # How long a token's user is remembered (studies/api/authentication.py); 0 looks it up on every request.
 DICOM_AUTH_CACHE_SECONDS = env_int("DICOM_AUTH_CACHE_SECONDS", 30, minimum=0)
 DICOM_RENDER_CACHE_SECONDS = env_int("DICOM_RENDER_CACHE_SECONDS", 7 * 24 * 3600, minimum=1)
+
+# --- background work (RQ on Redis) ---------------------------------------------------------------------
+# After an upload commits, a job pre-renders its thumbnail and default image into the cache above
+# (studies/prerender.py), run by `manage.py rqworker prerender --with-scheduler`. Only with REDIS_URL: the
+# queue and the shared cache both live there. The queue may use another Redis database (RQ_REDIS_URL):
+# clearing the cache (FLUSHDB) then leaves queued jobs alone.
+DICOM_PRERENDER = bool(REDIS_URL) and env_bool("DICOM_PRERENDER", True)
+RQ_REDIS_URL = env_str("RQ_REDIS_URL", REDIS_URL)
+# Seconds before each retry of a failed job (as many retries as values); the scheduler (--with-scheduler) runs them.
+_intervals = env_list("DICOM_PRERENDER_RETRY_INTERVALS", ["10", "60", "300"])
+if not all(v.isascii() and v.isdigit() for v in _intervals):
+    raise ImproperlyConfigured(f"DICOM_PRERENDER_RETRY_INTERVALS={_intervals!r} must be whole seconds, 0 or more")
+DICOM_PRERENDER_RETRY_INTERVALS = [int(v) for v in _intervals]
+RQ_QUEUES = {
+    "prerender": {"URL": RQ_REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": env_int("DICOM_PRERENDER_TIMEOUT", 300, minimum=1)},
+}
+RQ_SHOW_ADMIN_LINK = False
 
 # --- logging -------------------------------------------------------------------------
 # Logs never carry patient data: services log ids and hashes only; pydicom (which quotes

@@ -2,7 +2,8 @@
 
 Every way in (REST upload, bulk upload, admin, DICOMweb STOW-RS, C-STORE) calls `ingest()`;
 `import_dicom` calls `ingest_batch()`. Both answer with `outcome.Outcome`, one per file. Every
-delete goes through `delete_instance`. Logs carry ids, sizes and
+delete goes through `delete_instance`. Each instance created is queued for pre-rendering once its
+transaction commits (`prerender.after_commit`; only with REDIS_URL). Logs carry ids, sizes and
 hashes only, never patient data or client filenames.
 """
 
@@ -24,6 +25,7 @@ from django.db.models import Q
 from dicomcore.constants import PREAMBLE_LENGTH
 from dicomcore.parsing import InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
 
+from . import prerender
 from .errors import (
     CatalogueBusy,
     Conflict,
@@ -168,6 +170,7 @@ def ingest_batch(*, owner, files: list, dry_run: bool = False, planned: dict[str
             with transaction.atomic():
                 rows = _catalogue_batch(owner, files, stored, outcomes)
                 Instance.objects.bulk_create(rows, batch_size=200)
+                prerender.after_commit(row.id for row in rows)
                 committed = True  # before COMMIT, as in _store_and_catalogue
         except IntegrityError:
             committed = False
@@ -348,6 +351,7 @@ def _store_and_catalogue(owner, parsed: ParsedDicom, content, *, sha256: str, si
             try:
                 with transaction.atomic():
                     instance = _catalogue(owner, parsed, instance_id, stored_name, sha256=sha256, size=size, original_name=original_name)
+                    prerender.after_commit([instance.id])
                     # Set before COMMIT: an interrupt right after the commit must not delete a catalogued
                     # file. If the commit itself fails, the file stays as an orphan that check_storage reports.
                     committed = True

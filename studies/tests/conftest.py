@@ -54,6 +54,8 @@ SLOW_FIXTURES = {
 E2E_TESTS = {
     "test_a_panicking_codec_does_not_crash_the_gunicorn_worker": "gunicorn on a loopback port (3.6 s)",
     "test_command_serves_until_ctrl_c": "manage.py storescp with dcmtk's echoscu/storescu as peers",
+    "test_a_real_worker_prerenders_into_the_shared_cache_and_the_first_get_decodes_nothing": "manage.py import_dicom and rqworker on Redis",
+    "test_a_failing_job_is_retried_up_to_the_bound_then_left_failed_and_a_deleted_instance_is_a_no_op": "manage.py rqworker on Redis",
 }
 SLOW_TESTS = {
     "test_importing_the_pydicom_corpora_is_consistent_and_rerun_adds_nothing": "imports both corpora twice (2.9 s)",
@@ -104,6 +106,12 @@ def media_root(settings, tmp_path) -> Path:
     root.mkdir()
     settings.MEDIA_ROOT = root
     return root
+
+
+@pytest.fixture(autouse=True)
+def no_prerender(settings):
+    """No upload queues pre-render jobs (CI's Redis pass sets REDIS_URL); test_prerender.py turns it on, on its own Redis db."""
+    settings.DICOM_PRERENDER = False
 
 
 @pytest.fixture(autouse=True)
