@@ -76,7 +76,7 @@ serve: install nginx
 
 # The background worker (pre-renders after upload): needs REDIS_URL, e.g. `REDIS_URL=redis://127.0.0.1:6379/0 make worker`.
 worker: export DJANGO_DEBUG ?= 1
-worker: install
+worker: install .env
 	@test -n "$$REDIS_URL" || { echo "set REDIS_URL (the worker takes its jobs from Redis)"; exit 1; }
 	$(BIN)/python manage.py rqworker prerender --with-scheduler
 
