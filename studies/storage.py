@@ -22,7 +22,9 @@ from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
 
 MiB = 1024 * 1024
-READ_AHEAD = 1 * MiB
+# The read-ahead window: small after a seek (a frame, a header), doubling while reads stay sequential.
+FIRST_READ_AHEAD = 64 * 1024
+READ_AHEAD = 4 * MiB
 
 
 class FetchStats:
@@ -56,12 +58,16 @@ def _storage_error(exc: Exception, key: str) -> OSError:
 
 class RangedS3File(io.RawIOBase):
     """Read-only, seekable view of one object: each read is served from a read-ahead buffer filled by a
-    ranged GET (Range: bytes=a-b). A read larger than the buffer is fetched as asked, not buffered."""
+    ranged GET (Range: bytes=a-b). The window starts at 64 KiB and doubles (up to 4 MiB) while each refill
+    follows the last one, so pydicom's many small header reads and a streamed download both take few
+    requests, and a seek to one frame fetches about that frame. A read larger than the window is fetched
+    as asked, not buffered."""
 
     def __init__(self, client, bucket: str, key: str, *, read_ahead: int = READ_AHEAD) -> None:
         super().__init__()
         self._client, self._bucket, self._key = client, bucket, key
-        self._read_ahead = read_ahead
+        self._max_read_ahead = read_ahead
+        self._read_ahead = min(FIRST_READ_AHEAD, read_ahead)
         try:
             head = client.head_object(Bucket=bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
@@ -133,7 +139,11 @@ class RangedS3File(io.RawIOBase):
             if self._buffer_start <= start < buffered_end:
                 head = self._buffer[start - self._buffer_start :]
             fill_start = start + len(head)
-            self._buffer = self._fetch(fill_start, self._read_ahead)
+            if fill_start == buffered_end and self._buffer:
+                self._read_ahead = min(self._read_ahead * 2, self._max_read_ahead)  # still sequential
+            else:
+                self._read_ahead = min(FIRST_READ_AHEAD, self._max_read_ahead)
+            self._buffer = self._fetch(fill_start, max(self._read_ahead, wanted - len(head)))
             self._buffer_start = fill_start
             data = head + self._buffer[: end - fill_start]
         self._pos += len(data)
