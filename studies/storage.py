@@ -162,12 +162,19 @@ class RangedS3File(io.RawIOBase):
         super().close()
 
 
+def transfer_config() -> TransferConfig:
+    """Multipart above 8 MiB, two parts in flight and two read ahead: an upload holds at most ~32 MiB in memory."""
+    config = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=2)
+    config.max_in_memory_upload_chunks = 2  # s3transfer's own knob (default 10), not among boto3's arguments
+    return config
+
+
 class PrivateS3Storage(S3Storage):
     """S3Storage for private DICOM objects (see the module docstring)."""
 
     def __init__(self, **settings) -> None:
-        # Multipart above 8 MiB, two parts in flight: an upload holds at most ~16 MiB of parts in memory.
-        settings.setdefault("transfer_config", TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=2))
+        if settings.get("transfer_config") is None:
+            settings["transfer_config"] = transfer_config()
         super().__init__(**settings)
 
     def key(self, name: str) -> str:

@@ -261,3 +261,42 @@ def test_a_whole_object_streams_in_bounded_requests(s3, api):
     # FileResponse reads 4 KiB at a time; the doubling read-ahead turns that into a few ranged GETs of <= 4 MiB.
     assert s3storage.fetch_stats.bytes == len(data)
     assert s3storage.fetch_stats.requests <= 12
+
+
+class CountingReader(io.RawIOBase):
+    """A file that records the largest single read asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos, self.largest = data, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = {0: offset, 1: self._pos + offset, 2: len(self._data) + offset}[whence]
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = len(self._data) - self._pos if size is None or size < 0 else size
+        self.largest = max(self.largest, size)
+        chunk = self._data[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+
+def test_a_large_upload_is_streamed_in_parts_not_read_whole(s3):
+    from django.core.files.base import File
+
+    data = bytes(range(256)) * (80 * 1024)  # 20 MiB
+    reader = CountingReader(data)
+    name = default_storage.save("dicom/zz/zz/large.bin", File(reader, name="large.bin"))
+    assert default_storage.size(name) == len(data)
+    assert reader.largest <= 8 * 1024 * 1024  # multipart: 8 MiB parts, never the whole file
+    with default_storage.open(name, "rb") as handle:
+        assert handle.read() == data
