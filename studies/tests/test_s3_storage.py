@@ -300,3 +300,36 @@ def test_a_large_upload_is_streamed_in_parts_not_read_whole(s3):
     assert reader.largest <= 8 * 1024 * 1024  # multipart: 8 MiB parts, never the whole file
     with default_storage.open(name, "rb") as handle:
         assert handle.read() == data
+
+
+def test_a_file_url_sets_the_local_folder(monkeypatch, tmp_path):
+    import importlib
+
+    import dicomsite.settings as settings_module
+
+    monkeypatch.setenv("DICOM_STORAGE_URL", f"file://{tmp_path}/archive")
+    try:
+        reloaded = importlib.reload(settings_module)
+        assert reloaded.MEDIA_ROOT == tmp_path / "archive"
+        assert reloaded.STORAGES["default"] == {"BACKEND": FILESYSTEM_BACKEND}
+    finally:
+        monkeypatch.delenv("DICOM_STORAGE_URL")
+        importlib.reload(settings_module)
+
+
+def test_storage_that_does_not_answer_is_503_storage_unavailable_and_keeps_nothing(s3, api, settings, client):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = {**settings.STORAGES["default"]["OPTIONS"], "endpoint_url": f"http://127.0.0.1:{port}"}
+    settings.STORAGES = {**settings.STORAGES, "default": {**settings.STORAGES["default"], "OPTIONS": options}}
+    response = upload(api, CT_SMALL.read_bytes())
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "storage_unavailable"
+    from studies.models import Instance
+
+    assert not Instance.objects.exists()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["storage"] == "down"
