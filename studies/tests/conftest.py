@@ -218,6 +218,14 @@ class StoredObject:
         return f"StoredObject({self.key!r})"
 
 
+def stored_bytes(key: str) -> bytes:
+    """The stored bytes under a storage key, read through the storage API (the local folder or S3 alike)."""
+    from django.core.files.storage import default_storage
+
+    with default_storage.open(key, "rb") as handle:
+        return handle.read()
+
+
 def stored_files(root: Path) -> list:
     """All files under the media root (what storage actually holds); on S3, every object listed through the
     storage API (as StoredObjects standing in for their paths under the root)."""
