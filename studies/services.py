@@ -289,6 +289,13 @@ class _StoredCopyReader:
     def tell(self) -> int:
         return self._handle.tell()
 
+    def seekable(self) -> bool:
+        return False  # read once, in order (the hash): object storage uploads it as a stream, part by part
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
     def read(self, n: int = -1) -> bytes:
         start = self._handle.tell()
         try:

@@ -108,8 +108,8 @@ class InstanceSerializer(BuiltOnceFields, serializers.ModelSerializer):
         {"type": "object", "properties": {"backend": {"type": "string"}, "key": {"type": "string"}}}
     )
     def get_storage(self, obj: Instance) -> dict:
-        storage = obj.file.storage
-        return {"backend": f"{type(storage).__module__}.{type(storage).__name__}", "key": obj.file.name}
+        backend = obj.file.storage.__class__  # default_storage is a lazy proxy: __class__ names the real backend
+        return {"backend": f"{backend.__module__}.{backend.__name__}", "key": obj.file.name}
 
     @extend_schema_field(
         {"type": "object", "additionalProperties": {"type": "string", "format": "uri"}}

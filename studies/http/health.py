@@ -8,7 +8,7 @@ import os
 import uuid
 
 from django.core.cache import cache
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection
 from django.http import JsonResponse
 
@@ -36,9 +36,13 @@ def _check_database() -> None:
 
 
 def _check_storage() -> None:
-    default_storage.exists("dicom")  # a round trip to the storage backend (filesystem or object store)
-    location = getattr(default_storage, "location", None)
-    if location is not None:
+    check_bucket = getattr(default_storage, "check_bucket", None)
+    if check_bucket is not None:  # object storage: the bucket exists and the credentials may use it
+        check_bucket()
+        return
+    default_storage.exists("dicom")  # a round trip to the storage backend
+    if isinstance(default_storage, FileSystemStorage):  # the lazy proxy passes isinstance through
+        location = default_storage.location
         # The folder is created by the first save: until then, the nearest existing ancestor must take it.
         existing = os.path.abspath(location)
         while not os.path.exists(existing):

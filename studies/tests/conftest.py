@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import os
 import threading
+import uuid
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pydicom
 import pytest
@@ -99,12 +102,55 @@ def pytest_collection_modifyitems(config, items):
 POSTGRES_ONLY = "needs concurrent writers or triggers: runs when DATABASE_URL=postgres://... (the PostgreSQL pass of CI)"
 
 
+# --- storage: the local folder (default) or S3 (DICOM_TEST_STORAGE=s3: a session's SeaweedFS, a prefix per test) --
+TEST_STORAGE = os.environ.get("DICOM_TEST_STORAGE", "file")
+if TEST_STORAGE not in ("file", "s3"):
+    raise pytest.UsageError(f"DICOM_TEST_STORAGE={TEST_STORAGE!r}: use file (the default) or s3")
+S3_TEST_BUCKET = "dicom-tests"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the whole session, with the test bucket; stopped at the end."""
+    from . import s3server
+
+    server = s3server.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.client().create_bucket(Bucket=S3_TEST_BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def use_s3(settings, server, prefix: str | None = None) -> str:
+    """Point default storage at the session's S3 server under a fresh prefix (what DICOM_STORAGE_URL=s3://...
+    configures, with the test server's keys); returns the prefix."""
+    from dicomsite.storage_url import storage_from_url
+
+    from . import s3server
+
+    prefix = prefix or f"t-{uuid.uuid4().hex}"
+    entry, _ = storage_from_url(f"s3://{S3_TEST_BUCKET}/{prefix}?endpoint_url={server.endpoint_url}&region={s3server.REGION}")
+    entry["OPTIONS"] |= {"access_key": s3server.ACCESS_KEY, "secret_key": s3server.SECRET_KEY}
+    settings.STORAGES = {**settings.STORAGES, "default": entry}
+    return prefix
+
+
+def on_s3() -> bool:
+    from django.core.files.storage import default_storage
+
+    return hasattr(default_storage, "check_bucket")
+
+
 @pytest.fixture(autouse=True)
-def media_root(settings, tmp_path) -> Path:
-    """Every test stores files in its own temporary MEDIA_ROOT, never in the real media/."""
+def media_root(request, settings, tmp_path) -> Path:
+    """Every test stores files in its own temporary MEDIA_ROOT, never in the real media/; with
+    DICOM_TEST_STORAGE=s3, in its own prefix of the session's S3 bucket instead (the folder stays empty)."""
     root = tmp_path / "media"
     root.mkdir()
     settings.MEDIA_ROOT = root
+    if TEST_STORAGE == "s3":
+        use_s3(settings, request.getfixturevalue("s3_server"))
     return root
 
 
@@ -148,8 +194,59 @@ def empty_cache():
     yield
 
 
-def stored_files(root: Path) -> list[Path]:
-    """All files under the media root (what storage actually holds)."""
+@functools.total_ordering
+class StoredObject:
+    """An object in S3 standing in for its would-be path under the media root (tests compare, sort, read it)."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.path, self.key = root / key, key
+
+    def read_bytes(self) -> bytes:
+        from django.core.files.storage import default_storage
+
+        with default_storage.open(self.key, "rb") as handle:
+            return handle.read()
+
+    def relative_to(self, root: Path) -> PurePosixPath:
+        return PurePosixPath(self.key)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def _other(self, other) -> Path:
+        return other.path if isinstance(other, StoredObject) else other
+
+    def __eq__(self, other) -> bool:
+        return self.path == self._other(other)
+
+    def __lt__(self, other) -> bool:
+        return self.path < self._other(other)
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"StoredObject({self.key!r})"
+
+
+def stored_bytes(key: str) -> bytes:
+    """The stored bytes under a storage key, read through the storage API (the local folder or S3 alike)."""
+    from django.core.files.storage import default_storage
+
+    with default_storage.open(key, "rb") as handle:
+        return handle.read()
+
+
+def stored_files(root: Path) -> list:
+    """All files under the media root (what storage actually holds); on S3, every object listed through the
+    storage API (as StoredObjects standing in for their paths under the root)."""
+    if on_s3():
+        from django.core.files.storage import default_storage
+
+        from studies.management.commands.check_storage import stored_keys
+
+        return sorted(StoredObject(root, key) for key in stored_keys(default_storage))
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 

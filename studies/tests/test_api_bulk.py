@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from django.core.files.storage import default_storage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from studies.models import Instance
 
-from .conftest import CT_SMALL, assert_error, assert_storage_consistent, client_for, dicom_bytes, stored_files, upload
+from .conftest import CT_SMALL, assert_error, assert_storage_consistent, client_for, dicom_bytes, stored_bytes, stored_files, upload
 
 # Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]
@@ -658,7 +659,7 @@ def test_study_archive_holds_exactly_the_stored_files(api, study, media_root):
     assert sorted(archive.namelist()) == sorted(expected)
     for name, instance in expected.items():
         data = archive.read(name)
-        assert data == download(api, instance.pk) == (media_root / instance.file.name).read_bytes()
+        assert data == download(api, instance.pk) == stored_bytes(instance.file.name)
         assert hashlib.sha256(data).hexdigest() == instance.sha256
     assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
 
@@ -691,7 +692,7 @@ def test_series_archive_holds_only_that_series(api, study):
 
 def test_a_missing_stored_file_is_listed_in_missing_txt_not_a_500(api, study, media_root):
     gone = study["instances"][1]
-    (media_root / gone.file.name).unlink()
+    default_storage.delete(gone.file.name)
     archive = archive_of(api.get(f"/api/studies/{study['id']}/archive/"))
     gone_name = f"{gone.series.series_instance_uid}/{gone.sop_instance_uid}.dcm"
     assert gone_name not in archive.namelist()
@@ -713,7 +714,7 @@ def test_a_large_member_is_streamed_in_several_chunks(api, media_root):
     assert len(chunks) >= 3
     archive = zipfile.ZipFile(io.BytesIO(b"".join(chunks)))
     assert archive.testzip() is None
-    assert archive.read(archive.namelist()[0]) == (media_root / made["storage"]["key"]).read_bytes()
+    assert archive.read(archive.namelist()[0]) == stored_bytes(made["storage"]["key"])
 
 
 @pytest.mark.parametrize("kind", ["studies", "series"])

@@ -10,6 +10,7 @@ import warnings
 
 import pydicom
 import pytest
+from django.core.files.storage import default_storage
 from django.core.paginator import UnorderedObjectListWarning
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -51,7 +52,8 @@ def test_metadata_describes_the_stored_file(api, media_root):
 
     body = put(api, original, "Secretive^Sam-head-ct.dcm")
 
-    stored = (media_root / body["storage"]["key"]).read_bytes()
+    with default_storage.open(body["storage"]["key"], "rb") as handle:  # the local folder or S3 alike
+        stored = handle.read()
     assert body["sha256"] == hashlib.sha256(stored).hexdigest()
     assert body["size"] == len(original) == len(stored)
     assert body["sop_instance_uid"] == ds.SOPInstanceUID

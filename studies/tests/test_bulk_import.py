@@ -42,7 +42,7 @@ from studies import importer, services
 from studies.models import Instance, Series, Study
 from studies.outcome import Reason, Status
 
-from .conftest import CT_SMALL, PYDICOM_TEST_FILES, assert_storage_consistent, dicom_bytes, pydicom_data_dir, stored_files
+from .conftest import CT_SMALL, PYDICOM_TEST_FILES, assert_storage_consistent, dicom_bytes, pydicom_data_dir, stored_bytes, stored_files
 
 # Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]
@@ -192,7 +192,7 @@ def test_zip_archives_are_read_in_place_and_leave_no_temporary_copies(owner, tmp
     assert sorted(tmp_path.joinpath("in").rglob("*")) == listing  # nothing extracted beside the archive
     assert list(upload_temp_dir.iterdir()) == []
     stored = {Instance.objects.get(pk=r["id"]).file.name: r for r in run.rows}
-    assert sorted((media_root / name).read_bytes()[128:] for name in stored) == sorted([first[128:], second[128:]])
+    assert sorted(stored_bytes(name)[128:] for name in stored) == sorted([first[128:], second[128:]])
     assert {i.original_filename for i in Instance.objects.all()} == {"IMG1.dcm", "IMG2"}
 
 
