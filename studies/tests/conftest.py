@@ -137,6 +137,21 @@ def use_s3(settings, server, prefix: str | None = None) -> str:
     return prefix
 
 
+def storage_env(media_root: Path) -> dict[str, str]:
+    """The variables a `manage.py` subprocess needs to store where this test stores: its folder, or its S3 prefix."""
+    if not on_s3():
+        return {"DICOM_MEDIA_ROOT": str(media_root)}
+    from django.core.files.storage import default_storage
+
+    from . import s3server
+
+    url = (
+        f"s3://{default_storage.bucket_name}/{default_storage.location}"  # type: ignore[attr-defined]
+        f"?endpoint_url={default_storage.endpoint_url}&region={s3server.REGION}"  # type: ignore[attr-defined]
+    )
+    return {"DICOM_STORAGE_URL": url, "AWS_ACCESS_KEY_ID": s3server.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3server.SECRET_KEY}
+
+
 def on_s3() -> bool:
     from django.core.files.storage import default_storage
 

@@ -42,7 +42,16 @@ from studies import importer, services
 from studies.models import Instance, Series, Study
 from studies.outcome import Reason, Status
 
-from .conftest import CT_SMALL, PYDICOM_TEST_FILES, assert_storage_consistent, dicom_bytes, pydicom_data_dir, stored_bytes, stored_files
+from .conftest import (
+    CT_SMALL,
+    PYDICOM_TEST_FILES,
+    assert_storage_consistent,
+    dicom_bytes,
+    pydicom_data_dir,
+    storage_env,
+    stored_bytes,
+    stored_files,
+)
 
 # Every test here stages uploads or zip members in its own temp folder, checked for leftovers.
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("upload_temp_dir")]
@@ -787,7 +796,7 @@ def subprocess_env(external_db: ExternalDb, media_root: Path, temp: Path) -> dic
         **os.environ,
         "DJANGO_SECRET_KEY": "x",
         "DATABASE_URL": external_db.url,
-        "DICOM_MEDIA_ROOT": str(media_root),
+        **storage_env(media_root),
         "DICOM_UPLOAD_TEMP_DIR": str(temp),
         "PYTHONUNBUFFERED": "1",
     }

@@ -31,7 +31,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from studies import dimse
 from studies.models import AuditEvent, Instance
 
-from .conftest import assert_storage_consistent
+from .conftest import assert_storage_consistent, on_s3, stored_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,8 +95,9 @@ def response_statuses(result: subprocess.CompletedProcess) -> list[int]:
     return [int(code, 16) for code in re.findall(r"DIMSE Status\s*:\s*0x([0-9A-Fa-f]{4})", output)]
 
 
-def same_pixels(stored: Path, source: Path) -> None:
-    stored_ds, source_ds = pydicom.dcmread(stored), pydicom.dcmread(source)
+def same_pixels(key: str, source: Path) -> None:
+    """The stored object's pixels (read through the storage API: the local folder or S3) are the sent ones."""
+    stored_ds, source_ds = pydicom.dcmread(io.BytesIO(stored_bytes(key))), pydicom.dcmread(source)
     assert stored_ds.file_meta.TransferSyntaxUID == source_ds.file_meta.TransferSyntaxUID
     assert stored_ds.PixelData == source_ds.PixelData
 
@@ -160,7 +161,7 @@ def test_storescu_files_are_catalogued_as_sent(scp, owner, media_root, staging, 
     assert (instance.sop_instance_uid, instance.sop_class_uid) == (source_ds.SOPInstanceUID, source_ds.SOPClassUID)
     assert instance.transfer_syntax_uid == source_ds.file_meta.TransferSyntaxUID
     assert instance.number_of_frames == int(source_ds.get("NumberOfFrames") or 1)
-    same_pixels(media_root / instance.file.name, source)
+    same_pixels(instance.file.name, source)
     assert list(staging.iterdir()) == []
 
 
@@ -330,6 +331,8 @@ def test_a_data_set_far_beyond_the_limit_aborts_the_association(scp, settings):
 
 
 def test_a_storage_failure_is_out_of_resources_and_the_association_goes_on(scp, settings, media_root, tmp_path, staging):
+    if on_s3():
+        pytest.skip("a local-folder fault (MEDIA_ROOT below a regular file); test_s3_storage covers an unreachable bucket")
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
     settings.MEDIA_ROOT = blocker / "media"  # storage cannot create its folders: a real storage failure
@@ -386,7 +389,7 @@ def test_a_data_set_received_to_disk_is_stored_too(scp, media_root, monkeypatch)
         assert assoc.send_c_store(source).Status == 0x0000
     finally:
         assoc.release()
-    same_pixels(media_root / instance_for(source).file.name, source)
+    same_pixels(instance_for(source).file.name, source)
 
 
 def test_c_echo(scp):
