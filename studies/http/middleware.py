@@ -27,10 +27,14 @@ API_PREFIXES = ("/api/", "/dicomweb/")
 # What a non-JSON error page under the API prefixes becomes (Django's own pages: DEBUG's technical 404/500,
 # CommonMiddleware's redirects are not errors and pass).
 PAGE_ERRORS = {
+    400: ("the request is malformed", "parse_error"),
+    403: ("you may not do this", "permission_denied"),
     404: ("no such endpoint", "not_found"),
     405: ("this method is not allowed here", "method_not_allowed"),
+    413: ("the request is larger than the service accepts", "too_large"),
     500: ("internal error; it has been logged", "server_error"),
 }
+FALLBACK = ("the request cannot be answered", "error")  # any other status a framework page may carry
 
 
 class JsonErrorsMiddleware:
@@ -47,6 +51,6 @@ class JsonErrorsMiddleware:
             and request.path.startswith(API_PREFIXES)
             and not response.get("Content-Type", "").startswith(("application/json", "application/dicom+json"))
         ):
-            message, code = PAGE_ERRORS.get(response.status_code, ("the request cannot be answered", "error"))
+            message, code = PAGE_ERRORS.get(response.status_code, FALLBACK)
             return JsonResponse(error_body(message, code), status=response.status_code)
         return response
