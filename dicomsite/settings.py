@@ -278,8 +278,11 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "DICOM catalogue API",
     "DESCRIPTION": (
         "Upload DICOM files into a per-user Study / Series / Instance catalogue, read any header "
-        "attribute by tag, and render images. Errors are always JSON: "
-        '{"error": "<sentence>", "code": "<machine_code>"}.'
+        "attribute by tag, and render images. Errors are always JSON, in one shape: "
+        # A code span: Swagger UI and ReDoc render this description as Markdown, where a bare <sentence> is
+        # taken for an HTML tag and vanishes.
+        '`{"error": "<a sentence>", "code": "<a machine code>"}`, e.g. '
+        '`{"error": "the file is empty", "code": "invalid_dicom"}`.'
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,

@@ -476,3 +476,13 @@ def test_download_link_returns_the_stored_dicom_file(staff_tab):
     assert response.headers["content-type"] == "application/dicom"
     assert "attachment" in response.headers["content-disposition"]
     assert hashlib.sha256(response.body()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/redoc/"])
+def test_the_api_docs_show_the_error_shape_with_its_placeholders(open_tab, path):
+    """Swagger UI and ReDoc render the API description as Markdown: the error shape must survive it."""
+    tab = open_tab()
+    tab.page.goto(path)
+    expect(tab.page.get_by_text('"code": "<a machine code>"', exact=False).first).to_be_visible()
+    expect(tab.page.get_by_text('{"error": "the file is empty", "code": "invalid_dicom"}', exact=False).first).to_be_visible()
+    assert tab.js_errors == []
