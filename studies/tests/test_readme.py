@@ -14,12 +14,20 @@ import urllib.request
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from .test_sqlite_concurrency import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 README = PROJECT / "README.md"
 PASSWORD = "choose-a-password"  # the one the README's tour chooses
+
+
+API_DOC = PROJECT / "docs" / "api.md"
+
+
+def sh_blocks(path: Path) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", path.read_text(), flags=re.S)
 
 
 def tour_block() -> str:
@@ -46,7 +54,10 @@ def test_the_readme_chooses_the_password_the_tour_uses():
     assert f"PASSWORD='{PASSWORD}'" in tour_block()
 
 
-def test_the_readme_tour_runs_against_a_fresh_server(tmp_path):
+@pytest.fixture
+def fresh_server(tmp_path):
+    """The service as `make run` starts it (migrate, ensure_admin with the README's password, runserver) on a
+    fresh SQLite database and media folder; its base URL, and a shell folder that sees the project's .venv."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "DICOM_", "DJANGO_"))}
     env.update(
         DJANGO_DEBUG="1",
@@ -56,7 +67,6 @@ def test_the_readme_tour_runs_against_a_fresh_server(tmp_path):
         DJANGO_SUPERUSER_PASSWORD=PASSWORD,
     )
     manage = [sys.executable, str(PROJECT / "manage.py")]
-    # What `make run` does before serving.
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, check=True, timeout=120)
     subprocess.run([*manage, "ensure_admin"], env=env, check=True, timeout=60, capture_output=True)
     port = free_port()
@@ -73,13 +83,22 @@ def test_the_readme_tour_runs_against_a_fresh_server(tmp_path):
                 time.sleep(0.2)
         work = tmp_path / "shell"
         work.mkdir()
-        (work / ".venv").symlink_to(PROJECT / ".venv")  # the block calls .venv/bin/python, as from the project
-        # The README's block as written, but for the port of this test's server; bash stops at the first failure.
-        script = "set -euo pipefail\n" + tour_block().replace("BASE=http://127.0.0.1:8000", f"BASE={base}", 1)
-        done = subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=120)
+        (work / ".venv").symlink_to(PROJECT / ".venv")  # the blocks call .venv/bin/python, as from the project
+        yield base, work
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def run_blocks(blocks: list[str], base: str, work: Path) -> subprocess.CompletedProcess:
+    """The blocks as written, in order, in one bash that stops at the first failure; only BASE differs."""
+    script = "set -euo pipefail\n" + "\n".join(blocks).replace("BASE=http://127.0.0.1:8000", f"BASE={base}", 1)
+    return subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=300)
+
+
+def test_the_readme_tour_runs_against_a_fresh_server(fresh_server):
+    base, work = fresh_server
+    done = run_blocks([tour_block()], base, work)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     uploaded, tag, studies, ready = json_documents(done.stdout)
     assert uploaded["duplicate"] is False
@@ -89,3 +108,15 @@ def test_the_readme_tour_runs_against_a_fresh_server(tmp_path):
     assert (work / "ct.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (original,) = work.glob("*.dcm")
     assert original.name == f"{pydicom.dcmread(original).SOPInstanceUID}.dcm"
+
+
+def test_the_api_pages_examples_run_in_order_against_a_fresh_server(fresh_server):
+    base, work = fresh_server
+    blocks = sh_blocks(API_DOC)
+    assert blocks[0].startswith("BASE=") and len(blocks) >= 10
+    done = run_blocks(blocks, base, work)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    # The revalidation and the delete print their statuses, as the comments say (curl adds no newline between answers).
+    assert re.search(r"(?<![0-9])304\n", done.stdout) and re.search(r"(?<![0-9])204\n", done.stdout)
+    for name in ("ct.png", "lung.png", "f3.jpg", "ct.webp", "ct16.png", "thumb.jpg", "tags.csv", "study.zip", "series.zip"):
+        assert (work / name).stat().st_size > 0, name
