@@ -24,6 +24,7 @@ PASSWORD = "choose-a-password"  # the one the README's tour chooses
 
 
 API_DOC = PROJECT / "docs" / "api.md"
+DICOMWEB_DOC = PROJECT / "docs" / "dicomweb.md"
 
 
 def sh_blocks(path: Path) -> list[str]:
@@ -119,4 +120,12 @@ def test_the_api_pages_examples_run_in_order_against_a_fresh_server(fresh_server
     # The revalidation and the delete print their statuses, as the comments say (curl adds no newline between answers).
     assert re.search(r"(?<![0-9])304\n", done.stdout) and re.search(r"(?<![0-9])204\n", done.stdout)
     for name in ("ct.png", "lung.png", "f3.jpg", "ct.webp", "ct16.png", "thumb.jpg", "tags.csv", "study.zip", "series.zip"):
+        assert (work / name).stat().st_size > 0, name
+
+
+def test_the_dicomweb_pages_examples_run_after_the_api_pages(fresh_server):
+    base, work = fresh_server
+    done = run_blocks(sh_blocks(API_DOC) + [block for block in sh_blocks(DICOMWEB_DOC) if "$W" in block or "W=" in block], base, work)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    for name in ("study.multipart", "frames.multipart", "pixels.multipart", "mr.png", "frame3.jpg", "study.jpg"):
         assert (work / name).stat().st_size > 0, name
