@@ -65,8 +65,8 @@ class Proc:
         except OSError:
             return self.final_log_tail
 
-    def stop(self) -> None:
-        """SIGTERM to the group, SIGKILL if it lingers; keeps the log's tail for the report."""
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM to the group, SIGKILL if it lingers past `grace` seconds; keeps the log's tail for the report."""
         self.final_log_tail = self.log_tail()
         if self.popen.poll() is not None:
             return
@@ -74,7 +74,7 @@ class Proc:
             pgid = os.getpgid(self.popen.pid)
         except ProcessLookupError:
             return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, sig)
             try:

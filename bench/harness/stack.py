@@ -29,6 +29,7 @@ from typing import Any, Self
 
 from .httpclient import HttpClient, multipart_form
 from .processes import PYTHON, Proc, free_port, log, run_checked, signals_unwind, start_process, wait_http, wait_port
+from .s3 import S3, start_seaweedfs
 
 DEFAULT_POSTGRES = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 DEFAULT_ORTHANC = "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else "Orthanc"
@@ -276,6 +277,13 @@ class Stack:
         log(f"redis on port {port}")
         return f"redis://127.0.0.1:{port}/0"
 
+    def s3(self, **kwargs: Any) -> S3:
+        """A throwaway SeaweedFS (S3 API) with its data in the temp dir, stopped at the end (see harness.s3)."""
+        server = start_seaweedfs(self.tmp / "seaweedfs", **kwargs)
+        self.procs.append(server.proc)
+        self._exit.callback(server.stop)
+        return server
+
     # ---- the service
 
     def django(self, database: Database, *, throttle: str | None = None, redis_url: str | None = None,
@@ -308,7 +316,8 @@ class Stack:
         return django
 
     def gunicorn(self, django: Django, *, workers: int = 2, threads: int = 4, conf_file: bool = False,
-                 env: Mapping[str, str] | None = None, label: str = "service", token: str = "") -> Service:  # fmt: skip
+                 env: Mapping[str, str] | None = None, label: str = "service", token: str = "",
+                 control_socket: bool = True) -> Service:  # fmt: skip
         """gunicorn running dicomsite.wsgi on a free port; waits for /healthz.
 
         conf_file=False: the worker layout on the command line (`--workers W --threads T`, gthread when T > 1),
@@ -328,6 +337,8 @@ class Stack:
                    "--workers", str(workers), "--threads", str(threads), "--timeout", "300", "--graceful-timeout", "5",
                    "--log-level", "warning"]  # fmt: skip
             desc = f"gunicorn {version} --workers {workers} --threads {threads} ({'gthread' if threads > 1 else 'sync'} worker)"
+        if not control_socket:
+            cmd.append("--no-control-socket")
         log(f"{label}: starting {desc} on port {port}")
         proc = self._process(label, cmd, env=full_env)
         wait_http(proc, port, "/healthz")

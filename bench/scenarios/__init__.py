@@ -33,6 +33,7 @@ SCENARIOS = {
         Scenario("scale", "scale", "long"),
         Scenario("memory", "memory", "long"),
         Scenario("load", "load", "long", ("--seconds", "120")),
+        Scenario("cluster", "cluster", "long", ("--seconds", "120")),
         Scenario("profile", "profile_http", "tool"),
         Scenario("png_levels", "png_levels", "tool"),
     )

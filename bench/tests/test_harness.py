@@ -113,3 +113,14 @@ def test_the_stack_stops_its_processes_and_removes_its_temp_dir():
         (tmp / "file").write_text("x")
     assert not proc.alive()
     assert not Path(tmp).exists()
+
+
+def test_the_cluster_scenario_is_long_and_takes_its_options(tmp_path):
+    from bench.scenarios import SCENARIOS
+
+    assert SCENARIOS["cluster"].group == "long"
+    parsed = split_options(["cluster"], [], tmp_path)["cluster"]
+    assert (parsed.seconds, parsed.clients, parsed.servers, parsed.workers) == (120, 8, 2, 2)
+    assert parsed.redis == "redis://127.0.0.1:6379/11" and parsed.json == tmp_path / "cluster.json"
+    parsed = split_options(["cluster"], ["--seconds", "30", "--clients=4", "--no-hash"], tmp_path)["cluster"]
+    assert (parsed.seconds, parsed.clients, parsed.no_hash) == (30, 4, True)
