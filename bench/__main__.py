@@ -107,7 +107,7 @@ def cmd_run(argv: list[str]) -> int:
             raise SystemExit(f"unknown scenario {argv[0]!r}; one of: {', '.join(SCENARIOS)}")
         names.append(argv.pop(0))
     ap = argparse.ArgumentParser(prog="python -m bench run", add_help=False, allow_abbrev=False)
-    ap.add_argument("--all", action="store_true", help="also the long scenarios (scale, memory, load)")
+    ap.add_argument("--all", action="store_true", help="also the long scenarios (scale, memory, load, cluster)")
     ap.add_argument("--report-only", action="store_true", help="run nothing; the table from the last results")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results folder (default bench/results)")
     ap.add_argument("-h", "--help", action="store_true")
