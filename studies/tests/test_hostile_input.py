@@ -14,7 +14,6 @@ import json
 import os
 import re
 import resource
-import socket
 import struct
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEnd
 from studies.models import Instance, Series, Study
 
 from .conftest import CT_SMALL, dicom_bytes, drain, stored_files, upload
+from .processes import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.django_db
 
@@ -592,12 +592,6 @@ def test_an_rle_segment_that_overruns_the_frame_is_422(api, media_root):
     assert "RLE Lossless" in image.json()["error"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_panicking_codec_does_not_crash_the_gunicorn_worker(tmp_path):
     """The service under gunicorn (gunicorn.conf.py: gthread) on a loopback port with its own SQLite database."""
     token = "a" * 40
@@ -625,12 +619,7 @@ def test_a_panicking_codec_does_not_crash_the_gunicorn_worker(tmp_path):
         )  # fmt: skip
     base = f"http://{env['GUNICORN_BIND']}"
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_up(f"{base}/healthz", server, log)
         headers = {"Authorization": f"Token {token}"}
         posted = urllib.request.Request(
             f"{base}/api/instances/", data=rle_16bit_8x8(bytes([0xC0, 0])), headers={**headers, "Content-Type": "application/dicom"}
@@ -647,12 +636,7 @@ def test_a_panicking_codec_does_not_crash_the_gunicorn_worker(tmp_path):
         assert status == 422
         assert "exited with code" not in log.read_text(errors="replace")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 def test_a_nul_inside_the_transfer_syntax_uid_never_reaches_the_catalogue(api, media_root):

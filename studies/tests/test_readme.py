@@ -9,14 +9,12 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from .test_sqlite_concurrency import free_port
+from .processes import free_port, stop, wait_until_up
 
 PROJECT = Path(__file__).resolve().parents[2]
 README = PROJECT / "README.md"
@@ -76,19 +74,13 @@ def fresh_server(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_up(f"{base}/healthz", server)
         work = tmp_path / "shell"
         work.mkdir()
         (work / ".venv").symlink_to(PROJECT / ".venv")  # the blocks call .venv/bin/python, as from the project
         yield base, work
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        stop(server)
 
 
 def run_blocks(blocks: list[str], base: str, work: Path) -> subprocess.CompletedProcess:

@@ -26,18 +26,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .conftest import CT_SMALL
+from .processes import free_port, wait_until_up
 
 PROJECT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx; make test does it as root)")
 LIMIT = 1536 * 1024**2  # DICOM_MAX_UPLOAD_BYTES and DICOM_BULK_MAX_BYTES for these tests (a 1 GiB upload fits)
 TOKEN = "f" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -61,18 +56,6 @@ class Front:
         master = int((self.run_dir / "gunicorn.pid").read_text())
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
         return [int(pid) for pid in children]
-
-
-def wait_until_up(base: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"serve.py exited with {server.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the front did not answer /healthz within 90 s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +86,7 @@ def front(tmp_path_factory):
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(base, server, log)
+        wait_until_up(f"{base}/healthz", server, log)
         make_user = (
             "from django.contrib.auth.models import User; from rest_framework.authtoken.models import Token; "
             f"Token.objects.create(user=User.objects.create_user('front'), key='{TOKEN}')"

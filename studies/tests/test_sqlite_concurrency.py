@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -20,17 +18,12 @@ from pathlib import Path
 import pytest
 
 from .conftest import dicom_bytes
+from .processes import free_port, stop, wait_until_up
 
 PROJECT = Path(__file__).resolve().parents[2]
 TOKEN = "c" * 40
 UPLOADERS = 8
 FILES = 200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def server_env(tmp_path: Path) -> dict[str, str]:
@@ -66,20 +59,10 @@ def serving(kind: str, env: dict[str, str], tmp_path: Path):
         server = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_up(f"{base}/healthz", server, log)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 def post(base: str, data: bytes) -> int:

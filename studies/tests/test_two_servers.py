@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,7 +24,7 @@ from rest_framework.authtoken.models import Token
 
 from . import s3server
 from .conftest import S3_TEST_BUCKET, dicom_bytes
-from .test_sqlite_concurrency import free_port
+from .processes import free_port, stop, wait_until_up
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -46,13 +45,7 @@ class Server:
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket", "dicomsite.wsgi"],
                 cwd=PROJECT, env=server_env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"{self.base}/readyz", timeout=2).read()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"{name} did not start: {self.log.read_text(errors='replace')[-2000:]}")
+        wait_until_up(f"{self.base}/readyz", self.process, self.log)
 
     def request(self, method: str, path: str, token: str, data: bytes | None = None, content_type: str = "") -> tuple[int, dict, bytes]:
         headers = {"Authorization": f"Token {token}"} | ({"Content-Type": content_type} if content_type else {})
@@ -64,12 +57,7 @@ class Server:
             return answer.code, dict(answer.headers), answer.read()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process)
 
 
 @pytest.fixture
