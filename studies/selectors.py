@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
+from django.core.exceptions import ValidationError
+from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Coalesce
@@ -91,11 +96,46 @@ def partial_header(instance: Instance, keys: tuple[str, ...]) -> dict:
 
 
 def visible_header(user, pk, keys: tuple[str, ...]) -> dict:
-    """The named top-level elements of a visible instance's header, or Http404 (as visible_instance)."""
+    """The named top-level elements of a visible instance's header, or Http404 (as visible_instance).
+
+    The hottest read (a script reading one tag from thousands of instances): one query by primary key
+    with SQL built once per vendor and key count, the owner compared here, the view_all permission
+    consulted only for someone else's row. The ORM's queryset for the same row (filter, order, first)
+    cost 1.8 ms in-process on PostgreSQL against 0.6 ms for this (repo 1d9b4cc).
+    """
     if not (user and user.is_authenticated):
         raise Http404
-    queryset = with_header_elements(Instance.objects.only("id", "owner_id"), keys)
-    return partial_header(_first_visible(queryset, user, pk), keys)
+    if connection.vendor not in _HEADER_ELEMENT_SQL:  # not a supported database: the ORM's way
+        queryset = with_header_elements(Instance.objects.only("id", "owner_id"), keys)
+        return partial_header(_first_visible(queryset, user, pk), keys)
+    try:
+        key = Instance._meta.pk.get_db_prep_value(pk, connection)
+    except ValidationError:
+        raise Http404 from None
+    with connection.cursor() as cursor:
+        cursor.execute(_header_sql(connection.vendor, len(keys)), (*(_header_key_param(connection.vendor, k) for k in keys), key))
+        row = cursor.fetchone()
+    if row is None or (row[0] != user.pk and not can_view_all(user)):
+        raise Http404
+    values = (json.loads(raw) if isinstance(raw, (str, bytes)) else raw for raw in row[1:])
+    return {k: value for k, value in zip(keys, values, strict=True) if isinstance(value, dict)}
+
+
+# One top-level element of the header JSON, as text (the drivers give JSON text for both; json.loads reads it).
+_HEADER_ELEMENT_SQL = {"postgresql": "({column} -> %s)::text", "sqlite": "JSON_EXTRACT({column}, %s)"}
+
+
+def _header_key_param(vendor: str, key: str) -> str:
+    return f'$."{key}"' if vendor == "sqlite" else key
+
+
+@functools.cache
+def _header_sql(vendor: str, count: int) -> str:
+    quote = connection.ops.quote_name
+    meta = Instance._meta
+    element = _HEADER_ELEMENT_SQL[vendor].format(column=quote(meta.get_field("header").column))
+    columns = ", ".join([quote(meta.get_field("owner").column), *([element] * count)])
+    return f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
 
 
 def instance_list(

@@ -222,3 +222,29 @@ def test_logs_never_hold_patient_names_ids_or_client_filenames(api, other, caplo
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for secret in (SECRET_NAME, "Secretary", SECRET_ID, "ACC-PHI-9", SECRET_FILENAME, "MRN55501"):
         assert secret not in text
+
+
+@pytest.mark.django_db
+def test_write_event_stores_the_row_the_orm_would(make_user):
+    """write_event is one hand-built INSERT (for speed); its row must equal an ORM-created one, adapters included
+    (an IPv6 address in its canonical form, the time zone-aware timestamp, the user and the cut lengths)."""
+    from studies.audit.events import write_event
+
+    user = make_user("auditor")
+    fields = {"action": "x" * 80, "method": "GET", "object_type": "instance", "object_id": "1" * 70, "outcome": "success",
+              "status": 200, "request_id": "r" * 70}  # fmt: skip
+    before = timezone.now()
+    write_event(user=user, client_address="2001:DB8:0:0::1", **fields)
+    written = last()
+    assert written.at >= before and written.at.tzinfo is not None
+    expected = AuditEvent.objects.create(user=user, username="auditor", action="x" * 64, method="GET", object_type="instance",
+                                         object_id="1" * 64, outcome="success", status=200, client_address="2001:db8::1",
+                                         request_id="r" * 64)  # fmt: skip
+    expected.refresh_from_db()
+    columns = [f.attname for f in AuditEvent._meta.concrete_fields if f.attname not in ("id", "at")]
+    assert {c: getattr(written, c) for c in columns} == {c: getattr(expected, c) for c in columns}
+    assert written.client_address == "2001:db8::1"
+
+    write_event(user=None, client_address=None, **{**fields, "object_id": ""})
+    anonymous = last()
+    assert (anonymous.user_id, anonymous.username, anonymous.object_type, anonymous.client_address) == (None, "", "", None)

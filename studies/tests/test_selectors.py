@@ -242,6 +242,23 @@ def test_visible_header_has_the_404_semantics_of_visible_instance(catalogue, oth
     assert selectors.visible_header(viewer, pk, (MODALITY,)) == {MODALITY: {"vr": "CS", "Value": ["CT"]}}
 
 
+def test_visible_header_answers_what_the_querysets_partial_header_answers(catalogue, owner, viewer):
+    """The lean one-query read and the ORM's queryset (its fallback on other databases) agree on every row."""
+    keys = (PATIENT_NAME, PIXEL_DATA, IMAGE_TYPE, MODALITY, ABSENT)
+    for instance in Instance.objects.all():
+        expected = selectors.partial_header(selectors.with_header_elements(Instance.objects.filter(pk=instance.pk), keys).get(), keys)
+        assert PATIENT_NAME in expected
+        assert selectors.visible_header(viewer, instance.pk, keys) == expected
+        if instance.owner_id == owner.pk:
+            assert selectors.visible_header(owner, instance.pk, keys) == expected
+
+
+def test_visible_header_of_no_such_instance_is_404(owner, viewer):
+    for user in (owner, viewer):
+        with pytest.raises(Http404):
+            selectors.visible_header(user, uuid.uuid4(), (PATIENT_NAME,))
+
+
 def test_with_header_elements_never_loads_the_whole_header(catalogue, owner, django_assert_num_queries):
     keys = (MODALITY, PATIENT_NAME)
     queryset = Instance.objects.filter(owner=owner).order_by("series__series_instance_uid", "instance_number")
