@@ -16,6 +16,7 @@
      cycling over *smith*, *a*, Naka*; the study UIDs returned must be the matching ones, on both servers;
    - QIDO-RS series of a study, instances of the large series, WADO-RS metadata of the large series (UIDs checked);
    - WADO-RS frame 1 of every instance: the one part must equal the file's Pixel Data;
+   - viewer load: the same frame requests with 6 in flight (a browser's connections per host), the wall time of all;
    - WADO-RS rendered of every instance (image/jpeg, 512x512), then with `?window=40,400,linear` (the file's own
      window, asked for explicitly: Orthanc's plugin does not apply it by default); a server answering
      400/404/405/406/415/501 on the warm-up instance gets n/a with a note;
@@ -50,6 +51,7 @@ STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 PREAMBLE_LENGTH = 128
 WINDOW_QUERY = "window=40,400,linear"  # the template's WindowCenter/WindowWidth, asked for explicitly
 STUDY_FIELDS = "includefield=00081030,00080060&limit=101"
+VIEWER_CLIENTS = 6  # a browser's parallel connections to one host
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -224,6 +226,11 @@ def main(args: argparse.Namespace) -> int:
         "frame": ("WADO-RS frame 1, octet-stream transfer-syntax=*", "req/s",
                   lambda s: [Req("GET", instance_path(s, sop, "frames", "1"), headers=FRAME_ACCEPT,
                                  check=check_single_part(pixel_sha, seen["frame", s.name])) for sop in all_sops]),
+        # What a viewer opening a stack does: every slice's frame, VIEWER_CLIENTS requests in flight (a browser's
+        # connections per host); timed as the wall time of the whole stack.
+        "viewer": (f"viewer load: frame 1 of all {n} instances, {VIEWER_CLIENTS} parallel requests, wall time", "req/s",
+                   lambda s: [Req("GET", instance_path(s, sop, "frames", "1"), headers=FRAME_ACCEPT,
+                                  check=check_single_part(pixel_sha, seen["viewer", s.name])) for sop in all_sops]),
         "rendered": ("WADO-RS rendered instance, image/jpeg", "req/s",
                      lambda s: [Req("GET", instance_path(s, sop, "rendered"), headers=RENDERED_ACCEPT,
                                     check=check_jpeg(CT_SIZE, jpegs["rendered", s.name])) for sop in all_sops]),
@@ -274,7 +281,8 @@ def main(args: argparse.Namespace) -> int:
                     continue
                 reqs = make_reqs(s)
                 log(f"{key}: {s.name} x{len(reqs)}, {clients} clients")
-                m[key, s.name] = run_requests(Measure(key, s.name, f"{reqs[0].method} {reqs[0].path[:160]}"), s.client, reqs, clients,
+                m[key, s.name] = run_requests(Measure(key, s.name, f"{reqs[0].method} {reqs[0].path[:160]}"), s.client, reqs,
+                                              VIEWER_CLIENTS if key == "viewer" else clients,
                                               ok_statuses=(200,))  # fmt: skip
             if key == "stow":
                 del files[:]  # ~0.5 MB each; UIDs and hashes are kept
@@ -283,12 +291,19 @@ def main(args: argparse.Namespace) -> int:
     # ---------------- report
     rows = []
     for key, (label, rate_unit, _) in plan.items():
-        for stat, unit, better in (("p50", "ms", "lower"), ("p95", "ms", "lower"), ("rate", rate_unit, "higher")):
+        stats = (("wall", "ms", "lower"),) if key == "viewer" else (("p50", "ms", "lower"), ("p95", "ms", "lower"), ("rate", rate_unit, "higher"))
+        for stat, unit, better in stats:
             cell = {}
             for name in ("service", "orthanc"):
                 one = m.get((key, name))
-                cell[name] = None if one is None else (one.rate if stat == "rate" else one.p(0.5 if stat == "p50" else 0.95))
-            rows.append(comparison(f"{label} {'throughput' if stat == 'rate' else stat}", cell["service"], cell["orthanc"], unit, better))
+                if one is None:
+                    cell[name] = None
+                elif stat in ("rate", "wall"):
+                    cell[name] = one.rate if stat == "rate" else one.wall_s * 1000
+                else:
+                    cell[name] = one.p(0.5 if stat == "p50" else 0.95)
+            suffix = {"rate": " throughput", "wall": ""}.get(stat, f" {stat}")
+            rows.append(comparison(f"{label}{suffix}", cell["service"], cell["orthanc"], unit, better))
 
     for s in sides:
         for key, why in s.skipped.items():

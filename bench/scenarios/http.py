@@ -15,7 +15,9 @@
    - list/search (--n-search requests each, cycling over the patients): `?search=<family>&page_size=50` vs
      `POST /tools/find` {"PatientName":"*<family>*"},"Limit":50 (and with "Expand": true, closer to the service's
      serialized rows), and `?patient_id=<id>` vs {"PatientID":"<id>"}; result counts checked;
-   - floor: `GET /healthz` (no login, no query: the gunicorn + Django middleware floor) vs `GET /system`.
+   - floor: `GET /healthz` (no login, no query: the gunicorn + Django middleware floor) vs `GET /system`;
+   - single-object reads at 1 client and at --clients: /healthz, the tag lookup and `GET /api/instances/{id}/` on the
+     service (rows "[own floor]": each read's p50 over the service's own /healthz p50), Orthanc's tag read.
 """
 
 from __future__ import annotations
@@ -186,6 +188,19 @@ def main(args: argparse.Namespace) -> int:
         m["svc_floor"] = run_requests(Measure("floor", "service", "GET /healthz (no login, no query)"), service.client, [Req("GET", "/healthz")] * n, clients)
         if orthanc:
             m["orth_floor"] = run_requests(Measure("floor", "orthanc", "GET /system"), orthanc.client, [Req("GET", "/system")] * n, clients)
+
+        # The issue's bar for single-object reads: their p50 against the same server's /healthz p50 (the cost an
+        # authenticated read adds to the floor), at 1 client and at --clients; Orthanc's tag read at 1 client too.
+        for c in sorted({1, clients}):
+            log(f"single-object reads and the floor, {c} client(s): {n} requests each")
+            m[f"svc_floor_{c}"] = run_requests(Measure(f"floor_{c}", "service", "GET /healthz"), service.client, [Req("GET", "/healthz")] * n, c)
+            reqs = [Req("GET", f"/api/instances/{i}/tags/PatientName/", check=expect_in_body(PATIENTS[p][0])) for p, i in svc_ids]
+            m[f"svc_tag_{c}"] = run_requests(Measure(f"tag_{c}", "service", "GET /api/instances/{id}/tags/PatientName/"), service.client, reqs, c)
+            reqs = [Req("GET", f"/api/instances/{i}/", check=expect_in_body(i)) for _, i in svc_ids]
+            m[f"svc_meta_{c}"] = run_requests(Measure(f"meta_{c}", "service", "GET /api/instances/{id}/"), service.client, reqs, c)
+            if orthanc:
+                reqs = [Req("GET", f"/instances/{i}/content/0010-0010", check=check_orthanc_tag(PATIENTS[p][0])) for p, i in orth_ids]
+                m[f"orth_tag_{c}"] = run_requests(Measure(f"tag_{c}", "orthanc", "GET /instances/{id}/content/0010-0010"), orthanc.client, reqs, c)
         log(f"measured ({clock.elapsed:.0f}s since start)")
     notes = stack.notes
 
@@ -212,7 +227,16 @@ def main(args: argparse.Namespace) -> int:
         ("list by patient ID p50", "svc_pid", "orth_pid", "p50", "ms", "lower"),
         ("floor: /healthz vs /system p50 (no auth, no lookup)", "svc_floor", "orth_floor", "p50", "ms", "lower"),
     ]
+    for c in sorted({1, clients}):
+        who = f"{c} client" + ("s" if c > 1 else "")
+        spec += [
+            (f"tag lookup PatientName p50, {who}", f"svc_tag_{c}", f"orth_tag_{c}", "p50", "ms", "lower"),
+            (f"tag lookup p50 / own /healthz p50, {who} [own floor]", f"svc_tag_{c}", f"svc_floor_{c}", "p50", "ms", "lower"),
+            (f"instance metadata p50 / own /healthz p50, {who} [own floor]", f"svc_meta_{c}", f"svc_floor_{c}", "p50", "ms", "lower"),
+        ]
     rows = [comparison(label, val(sk, stat), val(ok, stat), unit, better) for label, sk, ok, stat, unit, better in spec]
+    notes.append("[own floor] rows: the 'orthanc' column is the service's own GET /healthz p50 measured just before at the same "
+                 "client count, so the ratio is what an authenticated single-object read costs over the floor (target <= 2)")
 
     for s in m.values():
         if s.errors:
