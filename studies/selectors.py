@@ -19,7 +19,10 @@ VIEW_ALL_PERMISSION = "studies.view_all"
 
 def can_view_all(user) -> bool:
     """Superusers and holders of `studies.view_all` see every owner's uploads."""
-    return bool(user and user.is_authenticated and (user.is_superuser or user.has_perm(VIEW_ALL_PERMISSION)))
+    if not (user and user.is_authenticated):
+        return False
+    cached = getattr(user, "view_all_cached", None)  # set by the token authentication's cache (api/authentication.py)
+    return bool(user.is_superuser or (cached if cached is not None else user.has_perm(VIEW_ALL_PERMISSION)))
 
 
 def can_modify(user, obj) -> bool:
@@ -133,9 +136,10 @@ def _header_key_param(vendor: str, key: str) -> str:
 def _header_sql(vendor: str, count: int) -> str:
     quote = connection.ops.quote_name
     meta = Instance._meta
-    element = _HEADER_ELEMENT_SQL[vendor].format(column=quote(meta.get_field("header").column))
-    columns = ", ".join([quote(meta.get_field("owner").column), *([element] * count)])
-    return f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s"
+    column = {field.name: str(field.column) for field in meta.concrete_fields}
+    element = _HEADER_ELEMENT_SQL[vendor].format(column=quote(column["header"]))
+    columns = ", ".join([quote(column["owner"]), *([element] * count)])
+    return f"SELECT {columns} FROM {quote(meta.db_table)} WHERE {quote(column[meta.pk.name])} = %s"
 
 
 def instance_list(

@@ -17,8 +17,9 @@ COLUMNS = ("at", "user", "username", "action", "method", "object_type", "object_
 def _insert(vendor: str) -> tuple[str, tuple]:
     """The INSERT for one event on this database, and the fields whose adapters prepare its values."""
     quote_name = connection.ops.quote_name
-    fields = tuple(AuditEvent._meta.get_field(name) for name in COLUMNS)
-    columns = ", ".join(quote_name(field.column) for field in fields)
+    concrete = {field.name: field for field in AuditEvent._meta.concrete_fields}
+    fields = tuple(concrete[name] for name in COLUMNS)
+    columns = ", ".join(quote_name(str(field.column)) for field in fields)
     sql = f"INSERT INTO {quote_name(AuditEvent._meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
     return sql, fields
 

@@ -98,3 +98,58 @@ def test_a_cached_user_is_a_real_user_whose_other_fields_still_load(owner):
     assert user.email == "owner@example.org"  # deferred: read from the database on access
     assert user.check_password("pw-owner")
 
+
+
+def permission_queries(client, path: str = "/api/instances/") -> tuple[int, int, int]:
+    """(status, rows listed, number of permission queries) of one GET of the instance list."""
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(path)
+    return response.status_code, response.json().get("count", 0), sum('"auth_permission"' in q["sql"] for q in queries.captured_queries)
+
+
+@pytest.fixture
+def others_instance(other):
+    response = client_for(other).post("/api/instances/", dicom_bytes(), content_type="application/dicom")
+    assert response.status_code == 201
+
+
+def test_the_view_all_permission_is_cached_with_the_token_and_costs_no_query(owner, others_instance):
+    client = client_for(owner)
+    assert permission_queries(client) == (200, 0, 2)  # the first request: the user's and the groups' permissions
+    assert permission_queries(client) == (200, 0, 0)
+    assert permission_queries(client) == (200, 0, 0)
+
+
+def test_granting_or_revoking_view_all_directly_takes_effect_at_once(owner, others_instance):
+    from django.contrib.auth.models import Permission
+
+    view_all = Permission.objects.get(codename="view_all", content_type__app_label="studies")
+    client = client_for(owner)
+    assert permission_queries(client)[:2] == (200, 0)
+    owner.user_permissions.add(view_all)
+    assert permission_queries(client)[:2] == (200, 1)
+    assert permission_queries(client) == (200, 1, 0)
+    owner.user_permissions.remove(view_all)
+    assert permission_queries(client)[:2] == (200, 0)
+    view_all.user_set.add(owner)  # the reverse side of the same relation
+    assert permission_queries(client)[:2] == (200, 1)
+    view_all.user_set.clear()
+    assert permission_queries(client)[:2] == (200, 0)
+
+
+def test_view_all_through_a_group_takes_effect_at_once_both_ways(owner, others_instance):
+    from django.contrib.auth.models import Group, Permission
+
+    view_all = Permission.objects.get(codename="view_all", content_type__app_label="studies")
+    readers = Group.objects.create(name="readers")
+    client = client_for(owner)
+    owner.groups.add(readers)
+    assert permission_queries(client)[:2] == (200, 0)
+    readers.permissions.add(view_all)  # the group gains it: its members' entries go
+    assert permission_queries(client)[:2] == (200, 1)
+    view_all.group_set.remove(readers)  # taken back from the permission's side
+    assert permission_queries(client)[:2] == (200, 0)
+    readers.permissions.add(view_all)
+    assert permission_queries(client)[:2] == (200, 1)
+    readers.user_set.remove(owner)  # the member leaves the group
+    assert permission_queries(client)[:2] == (200, 0)
