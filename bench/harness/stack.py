@@ -38,6 +38,7 @@ RAISED_THROTTLE = "1000000/min"  # one bench user sends everything: the per-user
 # The service's settings come from the environment only; whatever the caller's shell has set for them is dropped.
 _STRIPPED_PREFIXES = ("DJANGO_", "DICOM_", "GUNICORN_")
 _STRIPPED = ("DATABASE_URL", "REDIS_URL", "LOG_LEVEL")
+SERVERS = ("gunicorn", "granian")
 
 
 def add_stack_arguments(ap: argparse.ArgumentParser, *, gunicorn: bool = True, orthanc: bool = True, throttle: bool = True,
@@ -46,8 +47,10 @@ def add_stack_arguments(ap: argparse.ArgumentParser, *, gunicorn: bool = True, o
     ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server for the throwaway database(s)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server logs, stored files)")
     if gunicorn:
-        ap.add_argument("--workers", type=int, default=workers, help=f"gunicorn workers (default {workers})")
-        ap.add_argument("--threads", type=int, default=threads, help=f"gunicorn threads per worker (default {threads})")
+        ap.add_argument("--workers", type=int, default=workers, help=f"app server workers (default {workers})")
+        ap.add_argument("--threads", type=int, default=threads, help=f"threads per worker (default {threads})")
+        ap.add_argument("--server", choices=SERVERS, default="gunicorn",
+                        help="the WSGI server: gunicorn gthread (production's) or granian's WSGI interface (default gunicorn)")
     if throttle:
         ap.add_argument("--throttle", default=RAISED_THROTTLE, help="DICOM_THROTTLE_UPLOAD and _RENDER for the service")
     if orthanc:
@@ -317,8 +320,8 @@ class Stack:
 
     def gunicorn(self, django: Django, *, workers: int = 2, threads: int = 4, conf_file: bool = False,
                  env: Mapping[str, str] | None = None, label: str = "service", token: str = "",
-                 control_socket: bool = True) -> Service:  # fmt: skip
-        """gunicorn running dicomsite.wsgi on a free port; waits for /healthz.
+                 control_socket: bool = True, server: str = "gunicorn") -> Service:  # fmt: skip
+        """gunicorn (or granian: server="granian") running dicomsite.wsgi on a free port; waits for /healthz.
 
         conf_file=False: the worker layout on the command line (`--workers W --threads T`, gthread when T > 1),
         timeouts as before; conf_file=True: production's `-c gunicorn.conf.py`, configured by GUNICORN_* (`env`).
@@ -339,6 +342,13 @@ class Stack:
             desc = f"gunicorn {version} --workers {workers} --threads {threads} ({'gthread' if threads > 1 else 'sync'} worker)"
         if not control_socket:
             cmd.append("--no-control-socket")
+        if server == "granian":  # the same app and worker layout under granian's WSGI interface (Rust HTTP, a thread pool)
+            version = metadata.version("granian")
+            full_env = dict(django.env) | dict(env or {})
+            cmd = [PYTHON, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", str(workers), "--blocking-threads", str(threads), "--log-level", "warning",
+                   "--no-access-log", "dicomsite.wsgi:application"]  # fmt: skip
+            desc = f"granian {version} --interface wsgi --workers {workers} --blocking-threads {threads}"
         log(f"{label}: starting {desc} on port {port}")
         proc = self._process(label, cmd, env=full_env)
         wait_http(proc, port, "/healthz")
@@ -352,7 +362,8 @@ class Stack:
         """The usual service: a throwaway database, migrated, one user with a token, gunicorn with --workers/--threads."""
         django = self.django(self.database(args.postgres), throttle=throttle, redis_url=redis_url)
         token = django.user_token(username)
-        return self.gunicorn(django, workers=args.workers, threads=args.threads, conf_file=conf_file, env=env, token=token)
+        return self.gunicorn(django, workers=args.workers, threads=args.threads, conf_file=conf_file, env=env, token=token,
+                             server=getattr(args, "server", "gunicorn"))
 
     # ---- Orthanc
 
