@@ -21,7 +21,7 @@ S3_TEST_MODULES := studies/tests/test_s3_storage.py studies/tests/test_api_uploa
 	studies/tests/test_api_images.py studies/tests/test_api_reads.py studies/tests/test_dicomweb.py studies/tests/test_services.py \
 	studies/tests/test_storescp.py studies/tests/test_bulk_import.py
 
-.PHONY: run serve worker test test-fast test-s3 lint install install-test install-bench system-deps nginx admin-password schema clean
+.PHONY: run serve worker test test-fast test-s3 lint install install-test install-bench system-deps nginx viewer admin-password schema clean
 
 # Tests compare renders with dcmtk and drive the Debian chromium; install them when missing (needs root).
 # The e2e tests of the production front (test_serve_front.py) drive a real nginx too.
@@ -39,6 +39,18 @@ nginx:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
 		else echo "nginx is missing: apt-get install nginx (as root), or set NGINX=/path/to/nginx"; fi; \
 	fi
+
+# OHIF's built viewer from the npm registry (pinned in deploy/fetch_ohif.py), prepared for /viewer/ into viewer/ohif/
+# (git-ignored); the service serves it (studies/http/viewer.py) and works without it. Needs npm (installed as root).
+VIEWER_STAMP := viewer/ohif/$(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' deploy/fetch_ohif.py)/.prepared-$(call hash,deploy/fetch_ohif.py)
+viewer: $(VIEWER_STAMP)
+$(VIEWER_STAMP): deploy/fetch_ohif.py
+	@if ! command -v npm >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; \
+		else echo "npm is missing: apt-get install npm (as root) to fetch the viewer"; exit 1; fi; \
+	fi
+	"$$(command -v $(PYTHON) || command -v python3)" deploy/fetch_ohif.py
+	touch $@
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -69,6 +81,7 @@ install-bench: $(BENCH_STAMP)
 
 run: export DJANGO_DEBUG ?= 1
 run: install .env
+	@$(MAKE) --no-print-directory viewer || echo "the viewer (OHIF) could not be fetched: /viewer/ says so; everything else works"
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py ensure_admin
 	@echo "Serving on http://$(HOST):$(PORT)/  (API docs: /api/docs/, admin: /admin/)"
@@ -87,7 +100,7 @@ worker: install .env
 
 # Tests use their own throwaway key; DATABASE_URL picks SQLite (default) or PostgreSQL.
 test: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
-test: install-test system-deps
+test: install-test system-deps viewer
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

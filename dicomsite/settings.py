@@ -243,6 +243,10 @@ DATA_UPLOAD_MAX_NUMBER_FILES = DICOM_BULK_MAX_FILES
 # The public root of DICOMweb as clients reach it (e.g. https://pacs.example.org/dicomweb), used in
 # RetrieveURLs and BulkDataURIs; empty: built from each request's Host.
 DICOMWEB_BASE_URL = env_str("DICOMWEB_BASE_URL").rstrip("/")
+# The bundled viewer (OHIF, fetched by `make viewer` into this folder; studies/http/viewer.py serves it).
+DICOM_VIEWER_VERSION = "3.13.2"  # the version deploy/fetch_ohif.py fetches (a test keeps the two equal)
+DICOM_VIEWER_PREFIX = "/viewer/"
+DICOM_VIEWER_ROOT = Path(env_str("DICOM_VIEWER_ROOT", str(BASE_DIR / "viewer" / "ohif" / "current")))
 DICOMWEB_DEFAULT_LIMIT = env_int("DICOMWEB_DEFAULT_LIMIT", 100, minimum=1)
 DICOMWEB_MAX_CONVERT_BYTES = env_int("DICOMWEB_MAX_CONVERT_BYTES", 256 * 1024**2, minimum=1)
 # Browser viewers (OHIF) on other origins: CORS headers on /dicomweb/ only, for these origins ("*": any).

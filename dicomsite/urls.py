@@ -1,10 +1,11 @@
 """Top-level routes. Note what is absent: no route serves MEDIA_ROOT; files go through ownership checks."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from studies.http import viewer
 from studies.http.health import healthz, readyz
 
 handler404 = "studies.http.errors.not_found"
@@ -21,4 +22,7 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     path("api/", include("studies.api.urls")),
     path("dicomweb/", include("studies.dicomweb.urls")),
+    path("viewer/app-config.js", viewer.app_config, name="viewer-config"),
+    path("viewer/", viewer.viewer, name="viewer"),
+    re_path(r"^viewer/(?P<path>.+)$", viewer.viewer, name="viewer-path"),
 ]

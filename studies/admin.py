@@ -21,6 +21,7 @@ from dicomcore import rendering, tags
 
 from . import selectors, services
 from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
+from .http import viewer
 from .models import Instance, Series, Study
 from .outcome import Outcome
 from .outcome import counts as status_counts
@@ -44,6 +45,12 @@ def thumbnail_html(instance_id, has_pixel_data: bool = True):
         THUMBNAIL_CSS_PX,
         THUMBNAIL_CSS_PX,
     )
+
+
+def viewer_link(study_uid: str, series_uid: str = "", sop_instance_uid: str = "") -> str:
+    """"Open in viewer": the bundled OHIF on this study (at this series and instance), in a new tab."""
+    url = viewer.study_url(study_uid, series_uid, sop_instance_uid)
+    return format_html('<a class="button open-in-viewer" href="{}" target="_blank" rel="noopener">Open in viewer</a>', url)
 
 
 def _changelist_link(model: str, field: str, pk, text) -> str:
@@ -141,7 +148,7 @@ class InstanceAdmin(OwnerScopedAdmin):
     change_list_template = "admin/studies/instance/change_list.html"
     change_form_template = "admin/studies/instance/change_form.html"
     fieldsets = [
-        ("Patient and study", {"fields": ["patient_name", "patient_id", "study_date", "accession_number", "study_description", "study"]}),
+        ("Patient and study", {"fields": ["open_in_viewer", "patient_name", "patient_id", "study_date", "accession_number", "study_description", "study"]}),
         ("Series", {"fields": ["series", "series_description", "modality"]}),
         (
             "Instance",
@@ -159,7 +166,7 @@ class InstanceAdmin(OwnerScopedAdmin):
         ),
         ("Stored file", {"fields": ["original_filename", "file_size", "sha256", "owner_name", "uploaded_at"]}),
     ]
-    readonly_fields = ["file_size"]
+    readonly_fields = ["file_size", "open_in_viewer"]
     actions = ["delete_selected_instances"]
 
     def get_actions(self, request):
@@ -175,6 +182,10 @@ class InstanceAdmin(OwnerScopedAdmin):
     @admin.display(description="Image")
     def thumbnail(self, obj):
         return thumbnail_html(obj.pk, obj.has_pixel_data)
+
+    @admin.display(description="Viewer")
+    def open_in_viewer(self, obj):
+        return viewer_link(obj.study.study_instance_uid, obj.series.series_instance_uid, obj.sop_instance_uid)
 
     @admin.display(description="Series", ordering="series__series_number")
     def series_link(self, obj):
@@ -274,6 +285,7 @@ class LevelAdmin(OwnerScopedAdmin):
 
     level = ""
     ordering = ["-created_at"]
+    readonly_fields = ["open_in_viewer"]  # each level's own link (study; series)
 
     def get_queryset(self, request):
         match = {self.level: OuterRef("pk")}
@@ -293,7 +305,10 @@ class LevelAdmin(OwnerScopedAdmin):
 @admin.register(Study)
 class StudyAdmin(LevelAdmin):
     level = "study"
-    list_display = ["thumbnail", "patient_name", "patient_id", "study_date", "study_description", "accession_number", "series_count", "instance_count", "owner"]
+    list_display = [
+        "thumbnail", "patient_name", "patient_id", "study_date", "study_description", "accession_number", "series_count", "instance_count",
+        "owner", "open_in_viewer",
+    ]  # fmt: skip
     list_display_links = ["thumbnail", "patient_name"]
     list_filter = ["study_date"]
     search_fields = ["patient_name", "patient_id", "accession_number", "=study_instance_uid"]
@@ -307,6 +322,10 @@ class StudyAdmin(LevelAdmin):
     def series_count(self, obj):
         return _changelist_link("series", "study", obj.pk, obj.n_series or 0)
 
+    @admin.display(description="Viewer")
+    def open_in_viewer(self, obj):
+        return viewer_link(obj.study_instance_uid)
+
 
 @admin.register(Series)
 class SeriesAdmin(LevelAdmin):
@@ -316,6 +335,10 @@ class SeriesAdmin(LevelAdmin):
     list_filter = ["modality"]
     search_fields = ["series_description", "study__patient_name", "study__patient_id", "=series_instance_uid", "=study__study_instance_uid"]
     list_select_related = ["owner", "study"]
+
+    @admin.display(description="Viewer")
+    def open_in_viewer(self, obj):
+        return viewer_link(obj.study.study_instance_uid, obj.series_instance_uid)
 
     @admin.display(description="Study")
     def study_link(self, obj):

@@ -25,8 +25,9 @@ from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save
-from rest_framework.authentication import TokenAuthentication
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
+from rest_framework.permissions import SAFE_METHODS
 
 from ..selectors import VIEW_ALL_PERMISSION
 
@@ -103,3 +104,23 @@ def connect_signals() -> None:
     # pre_delete would still find the tokens; post_delete of each cascaded Token (above) covers a deleted user.
     for through in (user_model.user_permissions.through, user_model.groups.through, Group.permissions.through):
         m2m_changed.connect(forget_permission_holders, sender=through, dispatch_uid=f"auth-cache-m2m-{through._meta.label}")
+
+
+class ViewerSessionAuthentication(SessionAuthentication):
+    """The admin's login session on DICOMweb, for the bundled viewer (/viewer/): safe methods only.
+
+    A browser page of this origin (OHIF) reads with the session cookie. Writes (STOW-RS) never take it, so no
+    other site can store through a logged-in user's browser, with or without a CSRF token. A request the browser
+    marks as sent by another site (`Sec-Fetch-Site: cross-site` / `same-site`) is not authenticated by the session
+    either: a viewer on another origin uses a token (and CORS, DICOMWEB_CORS_ORIGINS).
+    """
+
+    def authenticate(self, request):
+        if request.method not in SAFE_METHODS:
+            return None
+        if request.META.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):
+            return None
+        user = getattr(request._request, "user", None)
+        if user is None or not user.is_active:
+            return None
+        return user, None

@@ -2,7 +2,7 @@
 
 Thin, like the REST API: parse the request (studies.dicomweb.protocol), read or write through
 qido/stow and the services, write the answer. Authentication, permissions and throttles are
-DRF's, so a token, basic or session login works here as on /api/. Errors are the service's
+DRF's: a token or basic login as on /api/, the admin's session for reads only (the bundled viewer). Errors are the service's
 JSON shape. The README lists what is and is not supported (conformance).
 """
 
@@ -15,6 +15,7 @@ from itertools import chain
 from django.conf import settings
 from django.http import Http404, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
+from rest_framework.authentication import BasicAuthentication
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
@@ -22,6 +23,7 @@ from dicomcore import frames as frame_reader
 from dicomcore import rendering
 from dicomcore.constants import CHUNK_SIZE
 
+from ..api.authentication import CachedTokenAuthentication, ViewerSessionAuthentication
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.images import image_response
@@ -47,6 +49,8 @@ INSTANCE_FIELDS = (
 
 @extend_schema(exclude=True)  # DICOMweb is specified by PS3.18; its conformance is in the README
 class DicomWebView(APIView):
+    # A token or basic login, or the admin's session for reads from this origin (the bundled viewer).
+    authentication_classes = [CachedTokenAuthentication, BasicAuthentication, ViewerSessionAuthentication]
     content_negotiation_class = FirstRendererNegotiation
     renderer_classes = [JSONRenderer]
     parser_classes: list = []

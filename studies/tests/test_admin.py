@@ -303,3 +303,24 @@ def test_transfer_syntax_filter_names_the_syntaxes(staff_a):
     html = client.get(LIST_URLS["instance"]).content.decode()
     assert "Explicit VR Little Endian" in html
     assert instance_ids(client.get(LIST_URLS["instance"], {"transfer_syntax_uid": "1.2.840.10008.1.2.4.90"})) == set()
+
+
+# --- "Open in viewer" ---------------------------------------------------------------------------
+
+
+def test_open_in_viewer_links_on_the_study_list_and_each_level_page(staff_a):
+    client = browser(staff_a)
+    instance = own_instance(client)
+    study_uid, series_uid, sop_uid = instance.study.study_instance_uid, instance.series.series_instance_uid, instance.sop_instance_uid
+    study_link = f'href="/viewer/viewer?StudyInstanceUIDs={study_uid}"'
+    series_link = f'href="/viewer/viewer?StudyInstanceUIDs={study_uid}&amp;initialSeriesInstanceUID={series_uid}"'
+    instance_link = series_link[:-1] + f'&amp;initialSOPInstanceUID={sop_uid}"'
+    pages = {
+        reverse("admin:studies_study_changelist"): study_link,
+        reverse("admin:studies_study_change", args=[instance.study_id]): study_link,
+        reverse("admin:studies_series_change", args=[instance.series_id]): series_link,
+        reverse("admin:studies_instance_change", args=[instance.pk]): instance_link,
+    }
+    for url, link in pages.items():
+        html = client.get(url).content.decode()
+        assert re.search(rf'<a class="button open-in-viewer" {re.escape(link)} target="_blank" rel="noopener">Open in viewer</a>', html), url
