@@ -105,7 +105,7 @@ test: install-test system-deps viewer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: export DJANGO_SECRET_KEY ?= test-only-secret-key-not-for-production
-test-fast: install-test
+test-fast: install-test viewer
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" -q $(PYTEST_ARGS)
 

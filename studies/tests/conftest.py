@@ -38,6 +38,7 @@ def pydicom_data_dir() -> Path:
 
 E2E_MODULES = {
     "test_admin_browser.py": "real Chromium through playwright (23 s)",
+    "test_viewer_browser.py": "the real OHIF build in real Chromium against a live server",
     "test_sqlite_concurrency.py": "gunicorn and runserver on their own SQLite file, 8 parallel uploaders x 200 files (32 s)",
     "test_serve_front.py": "real nginx in front of real gunicorn (deploy/serve.py)",
     "test_readme.py": "the README's tour in bash against runserver on a fresh database (4 s)",
