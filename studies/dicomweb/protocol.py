@@ -86,6 +86,34 @@ DEFAULT_RETURN = {
     "series": [a.tag for a in ATTRIBUTES if a.level == "series"],
     "instance": [a.tag for a in ATTRIBUTES if a.level == "instance"],
 }
+# includefield=all at the study and series levels returns the elements of those levels' modules (PS3.3: Patient,
+# Patient Study, General Study; General Series, General Equipment, Frame of Reference, the procedure step), from the
+# stored header of the level's first instance. Every element of group 0010 is a patient one, except the series'
+# Anatomical Orientation Type; an element not named here belongs to the instance.
+STUDY_TAGS = frozenset({
+    "00080020", "00080030", "00080050", "00080051", "00080090", "00080096", "00081030", "00081032", "00081048",
+    "00081049", "00081060", "00081062", "00081080", "00081084", "00081110", "0020000D", "00200010", "00321032",
+    "00321033", "00321060", "00321064", "00380010", "00380014", "00380060", "00380062", "00380064", "00380300",
+    "00380500", "00400031", "00400032", "00401012",
+})  # fmt: skip
+SERIES_TAGS = frozenset({
+    "00080021", "00080031", "00080060", "00080064", "00080070", "00080080", "00080081", "0008103E", "0008103F",
+    "00081010", "00081040", "00081050", "00081052", "00081070", "00081072", "00081090", "00081111", "00081250",
+    "00102210", "00180015", "00181000", "00181002", "00181008", "00181010", "00181016", "00181018", "00181020",
+    "00181030", "00185100", "0020000E", "00200011", "00200052", "00200060", "00201040", "00280108", "00280109",
+    "00400244", "00400245", "00400250", "00400251", "00400253", "00400254", "00400260", "00400275", "00400280",
+})  # fmt: skip
+
+
+def header_level(tag: str) -> str:
+    """The level an element of a stored header belongs to: "study", "series" or "instance"."""
+    if tag in SERIES_TAGS:
+        return "series"
+    if tag in STUDY_TAGS or tag.startswith("0010"):
+        return "study"
+    return "instance"
+
+
 SPECIFIC_CHARACTER_SET = "00080005"
 INSTANCE_AVAILABILITY = "00080056"
 RETRIEVE_URL = "00081190"

@@ -44,13 +44,29 @@ def search(user, query: web.Query, *, base_url: str, study_uid: str | None = Non
         queryset = queryset.filter(**{f"{PREFIX[level]['series']}series_instance_uid": series_uid})
     for match in query.matches:
         queryset = queryset.filter(_condition(level, match))
+    merged = selectors.can_view_all(user)
+    if merged:
+        queryset = one_per_uid(queryset, level)
     if level == "instance":
         queryset = queryset.defer("header")
     rows = list(queryset.order_by(*ORDER[level])[query.offset : query.offset + query.limit + 1])
     if len(rows) > query.limit:
         rows = rows[: query.limit]
         query.warnings.append(f"there are more results: ask again with offset={query.offset + query.limit}")
-    return _results(rows, query, base_url)
+    return _results(rows, query, base_url, merged=merged)
+
+
+# Each level's UID and what orders its copies (the first stored is the one returned).
+UID_FIELD = {"study": "study_instance_uid", "series": "series_instance_uid", "instance": "sop_instance_uid"}
+STORED_AT = {"study": "created_at", "series": "created_at", "instance": "uploaded_at"}
+
+
+def one_per_uid(queryset: QuerySet, level: str) -> QuerySet:
+    """One row per UID: a user who sees every owner's catalogue (view_all) would otherwise get one study (series,
+    instance) per owner who stored it. The first stored row among those the query matches stands for them all."""
+    uid, at = UID_FIELD[level], STORED_AT[level]
+    earlier = Q(**{f"{at}__lt": OuterRef(at)}) | Q(**{at: OuterRef(at), "pk__lt": OuterRef("pk")})
+    return queryset.exclude(Exists(queryset.order_by().filter(earlier, **{uid: OuterRef(uid)})))
 
 
 def _condition(level: str, match: web.Match) -> Q:
@@ -92,23 +108,30 @@ def _condition(level: str, match: web.Match) -> Q:
 # --- results ---------------------------------------------------------------------------------
 
 
-def _results(rows: list, query: web.Query, base_url: str) -> list[dict[str, Any]]:
+def _results(rows: list, query: web.Query, base_url: str, *, merged: bool = False) -> list[dict[str, Any]]:
     level = query.level
     if not rows:
         return []
     studies = [row if level == "study" else row.study for row in rows]
     series = [] if level == "study" else [row if level == "series" else row.series for row in rows]
-    study_facts = _study_facts({s.pk for s in studies})
-    series_counts = _series_counts({s.pk for s in series}) if series else {}
+    if merged:  # one result stands for every owner's copy: count what they hold together, each UID once
+        study_facts = _merged_study_facts(studies)
+        series_counts = _merged_series_counts(series) if series else {}
+    else:
+        study_facts = _study_facts({s.pk for s in studies})
+        series_counts = _series_counts({s.pk for s in series}) if series else {}
     wanted = set(query.include)
+    levels = web.LEVELS[: web.LEVELS.index(level) + 1]
     headers = _headers(rows, level) if (query.include_all or wanted - _column_tags(level)) else {}
     results = []
     for i, row in enumerate(rows):
         study = studies[i]
         result: dict[str, Any] = {}
         header = headers.get(row.pk, {})
-        if query.include_all:
-            result.update({tag: _returned(elem) for tag, elem in header.items() if not tag.startswith("0002")})
+        if query.include_all:  # the elements of this level and the levels above it, never the file meta group
+            result.update(
+                {tag: _returned(elem) for tag, elem in header.items() if not tag.startswith("0002") and web.header_level(tag) in levels}
+            )
         elif wanted:
             result.update({tag: _returned(header[tag]) for tag in wanted if tag in header})
         result[web.SPECIFIC_CHARACTER_SET] = web.element("CS", "ISO_IR 192")
@@ -173,6 +196,35 @@ def _series_counts(series_ids: set) -> dict:
     return dict.fromkeys(series_ids, 0) | dict(counts.values_list("series_id", "n"))
 
 
+def _merged_study_facts(studies: list) -> dict:
+    """_study_facts over every owner's copy of each study (all are visible to a view_all user), keyed by the
+    returned row's pk: distinct series UIDs, distinct SOP Instance UIDs, the modalities of them all."""
+    row_of = {study.study_instance_uid: study.pk for study in studies}
+    facts: dict = {pk: [set(), 0, set()] for pk in row_of.values()}
+    series = Series.objects.filter(study__study_instance_uid__in=row_of).values_list("study__study_instance_uid", "series_instance_uid", "modality")
+    for study_uid, series_uid, modality in series:
+        facts[row_of[study_uid]][0].add(series_uid)
+        if modality:
+            facts[row_of[study_uid]][2].add(modality)
+    counts = (
+        Instance.objects.filter(study__study_instance_uid__in=row_of).order_by().values("study__study_instance_uid")
+        .annotate(n=Count("sop_instance_uid", distinct=True))
+    )  # fmt: skip
+    for study_uid, n in counts.values_list("study__study_instance_uid", "n"):
+        facts[row_of[study_uid]][1] = n
+    return {pk: (len(uids), n, sorted(modalities)) for pk, (uids, n, modalities) in facts.items()}
+
+
+def _merged_series_counts(series: list) -> dict:
+    """_series_counts over every owner's copy of each series: its distinct SOP Instance UIDs."""
+    row_of = {one.series_instance_uid: one.pk for one in series}
+    counts = (
+        Instance.objects.filter(series__series_instance_uid__in=row_of).order_by().values("series__series_instance_uid")
+        .annotate(n=Count("sop_instance_uid", distinct=True))
+    )  # fmt: skip
+    return dict.fromkeys(row_of.values(), 0) | {row_of[uid]: n for uid, n in counts.values_list("series__series_instance_uid", "n")}
+
+
 def _study_elements(study: Study, facts: tuple) -> dict[str, Any]:
     n_series, n_instances, modalities = facts
     out = {a.tag: web.element(a.vr, getattr(study, a.column)) for a in web.ATTRIBUTES if a.level == "study" and a.column}
@@ -204,6 +256,8 @@ def instances(user, *, study_uid: str, series_uid: str | None = None, instance_u
         queryset = queryset.filter(series__series_instance_uid=series_uid)
     if instance_uid:
         queryset = queryset.filter(sop_instance_uid=instance_uid)
+    if selectors.can_view_all(user):  # every owner's copy of an instance would come back: one of each
+        queryset = one_per_uid(queryset, "instance")
     return queryset.order_by(
         F("series__series_number").asc(nulls_last=True), "series_id", F("instance_number").asc(nulls_last=True), "uploaded_at", "id"
     )

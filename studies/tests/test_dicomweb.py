@@ -289,10 +289,21 @@ def test_search_includefield_reads_the_stored_header_and_all(api, stored):
     assert value(study, "00080060") == "CT"
     assert "00080070" in study  # Manufacturer
     assert study["00181030"] == {"vr": "LO"}  # Protocol Name absent from the header: returned empty
+    # includefield=all: the level's attributes (and those of the levels above it), never a deeper level's.
     [everything] = api.get("/dicomweb/studies?includefield=all").json()
-    assert "00280030" in everything  # PixelSpacing: only in the stored header
-    assert not any(tag.startswith("0002") for tag in everything)
-    assert not any("BulkData" in element for element in everything.values())
+    assert {"00101010", "00101030", "001021B0"} <= everything.keys()  # PatientAge, PatientWeight, history: header only
+    series_tags = {"00080021", "00080070", "00081010", "00185100", "00200052"}  # SeriesDate .. FrameOfReferenceUID
+    instance_tags = {"00080018", "00080008", "00180050", "00200032", "00280030", "00204000"}  # SOP UID .. ImageComments
+    assert not everything.keys() & (series_tags | instance_tags)
+    all_series = api.get(f"/dicomweb/studies/{stored['study']}/series?includefield=all").json()
+    ct_series = next(one for one in all_series if value(one, "00080060") == "CT")
+    assert series_tags <= ct_series.keys() and "00101010" in ct_series and not ct_series.keys() & instance_tags
+    all_instances = api.get(f"/dicomweb/studies/{stored['study']}/instances?includefield=all").json()
+    ct_instance = next(one for one in all_instances if value(one, "00080060") == "CT")
+    assert instance_tags | series_tags | {"00101010"} <= ct_instance.keys()
+    for result in (everything, *all_series, *all_instances):
+        assert not any(tag.startswith("0002") for tag in result)
+        assert not any("BulkData" in element for element in result.values())
 
 
 def test_search_limit_offset_and_warnings(api, stored):
@@ -327,6 +338,24 @@ def test_each_user_searches_only_their_own_and_view_all_sees_all(stored, other, 
     assert client_for(other).get(f"/dicomweb/studies/{stored['study']}/instances").json() == []
     assert len(client_for(viewer).get("/dicomweb/studies").json()) == 1
     assert client_for(None).get("/dicomweb/studies").status_code == 401
+
+
+def test_view_all_sees_one_study_series_and_instance_per_uid_whoever_stored_copies(stored, other, viewer, study_uid):
+    # `other` stores the same CT instance (the same bytes), and a third CT instance of the study's CT series.
+    extra = with_uids(CT_SMALL, study=study_uid, series=stored["series_ct"], InstanceNumber=3, PatientName="Doe^Jane", StudyDate="20240105")
+    assert stow(client_for(other), [stored["files"][0], extra]).status_code == 200
+    everyone = client_for(viewer)
+    [study] = everyone.get("/dicomweb/studies").json()
+    assert (value(study, "0020000D"), value(study, "00201206"), value(study, "00201208")) == (study_uid, 2, 4)
+    assert study["00080061"]["Value"] == ["CT", "MR"]
+    series = everyone.get(f"/dicomweb/studies/{study_uid}/series").json()
+    assert sorted((value(s, "0020000E"), value(s, "00201209")) for s in series) == sorted([(stored["series_ct"], 3), (stored["series_mr"], 1)])
+    instances = everyone.get(f"/dicomweb/studies/{study_uid}/instances").json()
+    assert len(instances) == len({value(i, "00080018") for i in instances}) == 4
+    metadata = json.loads(b"".join(everyone.get(f"/dicomweb/studies/{study_uid}/metadata").streaming_content))
+    assert sorted(value(i, "00080018") for i in metadata) == sorted(value(i, "00080018") for i in instances)
+    # Each owner still sees their own copy only.
+    assert [value(s, "00201208") for s in client_for(other).get("/dicomweb/studies").json()] == [2]
 
 
 def test_search_query_count_does_not_grow_with_results(api, stored):
