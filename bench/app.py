@@ -126,6 +126,21 @@ def create_user(username: str, token: bool = True, staff: bool = False) -> dict:
     return {"token": Token.objects.create(user=user).key if token else None}
 
 
+def session_for(username: str) -> dict:
+    """A logged-in session for a user (made staff; created when missing), as the admin's login form gives a browser:
+    its key."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+
+    user, _ = get_user_model().objects.update_or_create(username=username, defaults={"is_staff": True})
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return {"key": session.session_key}
+
+
 def create_users(names: list[str]) -> dict:
     from django.contrib.auth import get_user_model
 
@@ -275,7 +290,7 @@ def scale_profile(calls: list[list[str]], tokens: dict[str, str], explain_runs: 
     return out
 
 
-FUNCTIONS = {f.__name__: f for f in (create_user, create_users, catalogue_counts, scale_pick, scale_profile)}
+FUNCTIONS = {f.__name__: f for f in (create_user, create_users, session_for, catalogue_counts, scale_pick, scale_profile)}
 
 
 def main(argv: list[str]) -> int:

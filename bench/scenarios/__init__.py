@@ -30,6 +30,7 @@ SCENARIOS = {
         Scenario("render", "render", "default", ("--n-cr", "5")),
         Scenario("import", "import_dicom", "default"),
         Scenario("dicomweb", "dicomweb", "default"),
+        Scenario("viewer", "viewer", "default"),
         Scenario("scale", "scale", "long"),
         Scenario("memory", "memory", "long"),
         Scenario("load", "load", "long", ("--seconds", "120")),
