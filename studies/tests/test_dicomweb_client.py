@@ -248,3 +248,28 @@ def test_ohif_cross_origin_preflight_and_request(live_server, study, token, sett
     )
     assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
     assert len(response.json()) == 1
+
+
+def client_of(live_server, user) -> DICOMwebClient:
+    return DICOMwebClient(url=f"{live_server.url}/dicomweb", headers={"Authorization": f"Token {Token.objects.create(user=user).key}"})
+
+
+def test_includefield_all_and_copies_seen_by_view_all_with_dicomweb_client(client, study, live_server, make_user, settings):
+    """The two QIDO fixes OHIF needed, seen through dicomweb-client: includefield=all answers the level's attributes,
+    and a view_all user gets a study that two owners stored once, with the counts of both copies."""
+    [found] = client.search_for_studies(search_filters={"StudyInstanceUID": study["uid"]}, get_remaining=False, fields=["all"])
+    assert "00101010" in found  # PatientAge, only in the stored header (the first instance is a CT_small copy)
+    assert not found.keys() & {"00080018", "00280010", "00280030", "00200032"}  # SOP UID, Rows, Pixel Spacing, position
+    series = client.search_for_series(study["uid"], fields=["all"])
+    assert all("00280010" not in one and "0020000E" in one for one in series)
+
+    other = make_user("other-owner")
+    response = client_of(live_server, other).store_instances(
+        [study["datasets"][0], fresh(CT_SMALL, study=study["uid"], series=study["ct"], InstanceNumber=3)]
+    )
+    assert "FailedSOPSequence" not in response
+    view_all = client_of(live_server, make_user("everyone", view_all=True))
+    [merged] = view_all.search_for_studies(search_filters={"StudyInstanceUID": study["uid"]})
+    assert (merged["00201206"]["Value"][0], merged["00201208"]["Value"][0]) == (2, 4)
+    assert len(view_all.search_for_instances(study["uid"], study["ct"])) == 3
+    assert len(view_all.retrieve_series_metadata(study["uid"], study["ct"])) == 3
