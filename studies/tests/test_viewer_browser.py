@@ -84,6 +84,7 @@ class Seen:
     console_errors: list[str] = field(default_factory=list)
     frames: set[str] = field(default_factory=set)  # WADO-RS frame URLs answered 200
     qido: list[tuple[str, bytes]] = field(default_factory=list)  # study searches and their bodies
+    elsewhere: list[str] = field(default_factory=list)  # requests to any other origin (there must be none)
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +110,13 @@ def log_in_through_the_viewer(context: BrowserContext, username: str, study_uid:
     page.close()
 
 
-def watched_page(context: BrowserContext) -> tuple[Page, Seen]:
+def watched_page(context: BrowserContext, origin: str) -> tuple[Page, Seen]:
     page = context.new_page()
     seen = Seen()
+
+    def on_request(request) -> None:
+        if not request.url.startswith((origin + "/", "data:", "blob:")):
+            seen.elsewhere.append(request.url)
 
     def on_response(response) -> None:
         if response.status >= 400:
@@ -121,6 +126,7 @@ def watched_page(context: BrowserContext) -> tuple[Page, Seen]:
         elif re.search(r"/dicomweb/studies\?", response.url):
             seen.qido.append((response.url, response.body()))
 
+    page.on("request", on_request)
     page.on("response", on_response)
     page.on("requestfailed", lambda request: seen.failed.append(f"{request.failure} {request.url}"))
     page.on("console", lambda message: seen.console_errors.append(message.text) if message.type == "error" else None)
@@ -145,15 +151,16 @@ def drawn_image(page: Page, *, within_s: float = DRAWN_WITHIN_S) -> Image.Image:
     pytest.fail(f"the viewport was not drawn within {within_s:.0f} s (canvas {'absent' if image is None else 'blank'})")
 
 
-def open_study(context: BrowserContext, username: str, study_uid: str) -> tuple[Page, Seen]:
+def open_study(context: BrowserContext, origin: str, username: str, study_uid: str) -> tuple[Page, Seen]:
     log_in_through_the_viewer(context, username, study_uid)
-    page, seen = watched_page(context)
+    page, seen = watched_page(context, origin)
     page.goto(f"/viewer/viewer?StudyInstanceUIDs={study_uid}")
     return page, seen
 
 
 def assert_clean(seen: Seen) -> None:
     assert seen.failed == [], f"failed requests: {seen.failed[:10]}"
+    assert seen.elsewhere == [], f"requests off this server (a CDN?): {seen.elsewhere[:10]}"
     assert seen.console_errors == [], f"browser console errors: {seen.console_errors[:10]}"
 
 
@@ -161,14 +168,14 @@ def assert_clean(seen: Seen) -> None:
 
 
 @pytest.mark.parametrize("case", list(CORPUS))
-def test_each_kind_of_image_is_drawn_by_ohif(case, make_user, context):
+def test_each_kind_of_image_is_drawn_by_ohif(case, make_user, context, live_server):
     source, dropped = CORPUS[case]
     ds = pydicom.dcmread(source())
     for keyword in dropped:
         delattr(ds, keyword)
     user = make_user("alice", staff=True)
     study_uid = stored(user, fresh(ds))["study_instance_uid"]
-    page, seen = open_study(context, "alice", study_uid)
+    page, seen = open_study(context, live_server.url, "alice", study_uid)
     image = drawn_image(page)
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(ARTIFACTS / f"viewer-{case}.png"))
@@ -193,12 +200,12 @@ def ct_series(count: int) -> list[bytes]:
     return slices
 
 
-def test_a_200_slice_ct_matches_the_services_render_and_scrolls_through_every_slice(make_user, context):
+def test_a_200_slice_ct_matches_the_services_render_and_scrolls_through_every_slice(make_user, context, live_server):
     user = make_user("alice", staff=True)
     api = client_for(user)
     answers = [stored(user, data) for data in ct_series(200)]
     ids, study_uid = [a["id"] for a in answers], answers[0]["study_instance_uid"]
-    page, seen = open_study(context, "alice", study_uid)
+    page, seen = open_study(context, live_server.url, "alice", study_uid)
     image = drawn_image(page)
     page.screenshot(path=str(ARTIFACTS / "viewer-ct-first.png"))
 
@@ -239,11 +246,11 @@ def test_a_200_slice_ct_matches_the_services_render_and_scrolls_through_every_sl
     assert reads.exists()
 
 
-def test_another_users_study_does_not_open(make_user, context):
+def test_another_users_study_does_not_open(make_user, context, live_server):
     owner = make_user("alice", staff=True)
     make_user("bob", staff=True)
     study_uid = stored(owner, fresh(pydicom.dcmread(CT_SMALL)))["study_instance_uid"]
-    page, seen = open_study(context, "bob", study_uid)
+    page, seen = open_study(context, live_server.url, "bob", study_uid)
     expect(page.locator("body")).to_contain_text("One or more of the requested studies are not available")
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(3000)
