@@ -163,10 +163,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     except ValueError:
         raise ImproperlyConfigured(f"DATABASE_RANDOM_PAGE_COST={_page_cost!r} is not a number") from None
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", f"-c random_page_cost={_page_cost}")
-    # Server-side parameter binding: psycopg then prepares a statement run often (the hot reads' few queries) once
-    # per connection. Tag lookup p50 at 1 client 3.6-4.0 -> 2.5-3.2 ms (python -m bench run http, alternated runs,
-    # docs/performance.md). Off (=0) behind a pooler in transaction mode (PgBouncer), which cannot keep them.
-    if env_bool("DATABASE_SERVER_SIDE_BINDING", True):
+    # Server-side parameter binding (=1): psycopg then prepares a statement run often once per connection. Measured
+    # (docs/performance.md, the hot-path levers): no gain that stands out of this machine's noise, so off by default;
+    # never behind a pooler in transaction mode (PgBouncer), which cannot keep prepared statements.
+    if env_bool("DATABASE_SERVER_SIDE_BINDING", False):
         DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default must hold parallel uploaders (gunicorn threads, runserver threads, import_dicom):
