@@ -2,8 +2,9 @@
 
 Thin, like the REST API: parse the request (studies.dicomweb.protocol), read or write through
 qido/stow and the services, write the answer. Authentication, permissions and throttles are
-DRF's: a token or basic login as on /api/, the admin's session for reads only (the bundled viewer). Errors are the service's
-JSON shape. The README lists what is and is not supported (conformance).
+DRF's: a token or basic login as on /api/, the admin's session for reads only (the bundled
+viewer). Errors are the service's JSON shape. The README lists what is and is not supported
+(conformance).
 """
 
 from __future__ import annotations

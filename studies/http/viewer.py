@@ -43,8 +43,8 @@ ASSET_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 NOT_INSTALLED = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Viewer not installed</title></head>
 <body style="font-family:sans-serif;max-width:40em;margin:3em auto">
 <h1>The viewer is not installed</h1>
-<p>This server has no OHIF build in <code>{root}</code>. Install it with <code>make viewer</code>
-(<code>make run</code> does it too): it fetches OHIF {version} from the npm registry.</p>
+<p>This server has no OHIF build. Install it with <code>make viewer</code> (<code>make run</code> does it too):
+it fetches OHIF {version} from the npm registry (or set DICOM_VIEWER_ROOT to a prepared build).</p>
 <p>Everything else works without it: the <a href="/admin/">admin</a> has its own image viewer, and
 <a href="/dicomweb/">DICOMweb</a> serves any other viewer.</p></body></html>"""
 
@@ -135,7 +135,7 @@ def app_config(request):
 def viewer(request, path: str = ""):
     root = viewer_root()
     if root is None:
-        page = NOT_INSTALLED.format(root=settings.DICOM_VIEWER_ROOT, version=settings.DICOM_VIEWER_VERSION)
+        page = NOT_INSTALLED.format(version=settings.DICOM_VIEWER_VERSION)  # no server path shown to visitors
         return _isolated(HttpResponse(page, status=503, content_type="text/html; charset=utf-8"))
     if path and path != "index.html":
         try:

@@ -104,6 +104,7 @@ def test_without_the_build_the_viewer_says_how_to_install_it_and_the_rest_works(
     response = staff_session.get("/viewer/viewer?StudyInstanceUIDs=1.2.3")
     assert response.status_code == 503
     assert b"The viewer is not installed" in response.content and b"make viewer" in response.content
+    assert str(tmp_path).encode() not in response.content  # no server path shown
     assert staff_session.get("/admin/").status_code == 200
 
 
