@@ -108,18 +108,14 @@ def _condition(level: str, match: web.Match) -> Q:
 # --- results ---------------------------------------------------------------------------------
 
 
-def _results(rows: list, query: web.Query, base_url: str, *, merged: bool = False) -> list[dict[str, Any]]:
+def _results(rows: list, query: web.Query, base_url: str, *, merged: bool) -> list[dict[str, Any]]:
     level = query.level
     if not rows:
         return []
     studies = [row if level == "study" else row.study for row in rows]
     series = [] if level == "study" else [row if level == "series" else row.series for row in rows]
-    if merged:  # one result stands for every owner's copy: count what they hold together, each UID once
-        study_facts = _merged_study_facts(studies)
-        series_counts = _merged_series_counts(series) if series else {}
-    else:
-        study_facts = _study_facts({s.pk for s in studies})
-        series_counts = _series_counts({s.pk for s in series}) if series else {}
+    study_facts = _study_facts(studies, merged=merged)
+    series_counts = _series_counts(series, merged=merged) if series else {}
     wanted = set(query.include)
     levels = web.LEVELS[: web.LEVELS.index(level) + 1]
     headers = _headers(rows, level) if (query.include_all or wanted - _column_tags(level)) else {}
@@ -178,51 +174,37 @@ def _headers(rows: list, level: str) -> dict:
     return {row_id: found.get(instance_id) or {} for row_id, instance_id in ids.items()}
 
 
-def _study_facts(study_ids: set) -> dict:
-    """Per study: (number of series, number of instances, sorted modalities), in two queries."""
-    facts: dict = {pk: [0, 0, set()] for pk in study_ids}
-    for study_id, modality in Series.objects.filter(study_id__in=study_ids).values_list("study_id", "modality"):
-        facts[study_id][0] += 1
+def _study_facts(studies: list, *, merged: bool) -> dict:
+    """Per study row (by pk): (number of series, number of instances, sorted modalities), in two queries.
+
+    merged (a view_all user, one result standing for every owner's copy: one_per_uid): over all copies of the
+    study, grouped by Study Instance UID, each Series and SOP Instance UID counted once. Otherwise over the row
+    itself (UIDs are unique per owner, so plain counts are the same thing)."""
+    key, group = ("study_instance_uid", "study__study_instance_uid") if merged else ("pk", "study_id")
+    keys = {getattr(study, key) for study in studies}
+    series_uids: dict = {k: set() for k in keys}
+    modalities: dict = {k: set() for k in keys}
+    for k, series_uid, modality in Series.objects.filter(**{f"{group}__in": keys}).values_list(group, "series_instance_uid", "modality"):
+        series_uids[k].add(series_uid)
         if modality:
-            facts[study_id][2].add(modality)
-    counts = Instance.objects.filter(study_id__in=study_ids).order_by().values("study_id").annotate(n=Count("*"))
-    for study_id, n in counts.values_list("study_id", "n"):
-        facts[study_id][1] = n
-    return {pk: (n_series, n_instances, sorted(modalities)) for pk, (n_series, n_instances, modalities) in facts.items()}
+            modalities[k].add(modality)
+    counted = Count("sop_instance_uid", distinct=True) if merged else Count("*")
+    n_instances = dict(Instance.objects.filter(**{f"{group}__in": keys}).order_by().values(group).annotate(n=counted).values_list(group, "n"))
+    return {
+        study.pk: (len(series_uids[k]), n_instances.get(k, 0), sorted(modalities[k]))
+        for study in studies
+        for k in [getattr(study, key)]
+    }
 
 
-def _series_counts(series_ids: set) -> dict:
-    counts = Instance.objects.filter(series_id__in=series_ids).order_by().values("series_id").annotate(n=Count("*"))
-    return dict.fromkeys(series_ids, 0) | dict(counts.values_list("series_id", "n"))
-
-
-def _merged_study_facts(studies: list) -> dict:
-    """_study_facts over every owner's copy of each study (all are visible to a view_all user), keyed by the
-    returned row's pk: distinct series UIDs, distinct SOP Instance UIDs, the modalities of them all."""
-    row_of = {study.study_instance_uid: study.pk for study in studies}
-    facts: dict = {pk: [set(), 0, set()] for pk in row_of.values()}
-    series = Series.objects.filter(study__study_instance_uid__in=row_of).values_list("study__study_instance_uid", "series_instance_uid", "modality")
-    for study_uid, series_uid, modality in series:
-        facts[row_of[study_uid]][0].add(series_uid)
-        if modality:
-            facts[row_of[study_uid]][2].add(modality)
-    counts = (
-        Instance.objects.filter(study__study_instance_uid__in=row_of).order_by().values("study__study_instance_uid")
-        .annotate(n=Count("sop_instance_uid", distinct=True))
-    )  # fmt: skip
-    for study_uid, n in counts.values_list("study__study_instance_uid", "n"):
-        facts[row_of[study_uid]][1] = n
-    return {pk: (len(uids), n, sorted(modalities)) for pk, (uids, n, modalities) in facts.items()}
-
-
-def _merged_series_counts(series: list) -> dict:
-    """_series_counts over every owner's copy of each series: its distinct SOP Instance UIDs."""
-    row_of = {one.series_instance_uid: one.pk for one in series}
-    counts = (
-        Instance.objects.filter(series__series_instance_uid__in=row_of).order_by().values("series__series_instance_uid")
-        .annotate(n=Count("sop_instance_uid", distinct=True))
-    )  # fmt: skip
-    return dict.fromkeys(row_of.values(), 0) | {row_of[uid]: n for uid, n in counts.values_list("series__series_instance_uid", "n")}
+def _series_counts(series: list, *, merged: bool) -> dict:
+    """Per series row (by pk): its number of instances; merged, over every owner's copy of the series, each SOP
+    Instance UID once (as _study_facts)."""
+    key, group = ("series_instance_uid", "series__series_instance_uid") if merged else ("pk", "series_id")
+    keys = {getattr(one, key) for one in series}
+    counted = Count("sop_instance_uid", distinct=True) if merged else Count("*")
+    n_instances = dict(Instance.objects.filter(**{f"{group}__in": keys}).order_by().values(group).annotate(n=counted).values_list(group, "n"))
+    return {one.pk: n_instances.get(getattr(one, key), 0) for one in series}
 
 
 def _study_elements(study: Study, facts: tuple) -> dict[str, Any]:

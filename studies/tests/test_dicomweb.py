@@ -358,6 +358,24 @@ def test_view_all_sees_one_study_series_and_instance_per_uid_whoever_stored_copi
     assert [value(s, "00201208") for s in client_for(other).get("/dicomweb/studies").json()] == [2]
 
 
+def test_view_all_finds_a_study_by_the_one_copy_that_matches_and_counts_them_all(stored, make_user, viewer, study_uid):
+    third = make_user("third")
+    new_series = generate_uid()
+    alone = with_uids(MR_SMALL, study=study_uid, series=new_series, InstanceNumber=1, PatientName="Roe^Richard", StudyDate="20240105")
+    assert stow(client_for(third), [alone]).status_code == 200
+    everyone = client_for(viewer)
+    # Only the third owner's copy has this name; the owner's copy was stored first but does not match.
+    [study] = everyone.get("/dicomweb/studies?PatientName=Roe*").json()
+    assert (value(study, "0020000D"), value(study, "00201206"), value(study, "00201208")) == (study_uid, 3, 4)
+    # A series only the third owner has: its row's study is that owner's copy, the study counts are still all copies'.
+    [series] = everyone.get(f"/dicomweb/series?SeriesInstanceUID={new_series}").json()
+    assert (value(series, "00201209"), value(series, "00201206"), value(series, "00201208")) == (1, 3, 4)
+    # The study's series come from two owners' study rows; each carries the same study counts.
+    all_series = everyone.get(f"/dicomweb/studies/{study_uid}/series").json()
+    assert sorted(value(s, "00201209") for s in all_series) == [1, 1, 2]
+    assert {(value(s, "00201206"), value(s, "00201208")) for s in all_series} == {(3, 4)}
+
+
 def test_search_query_count_does_not_grow_with_results(api, stored):
     def queries() -> int:
         with CaptureQueriesContext(connection) as captured:
