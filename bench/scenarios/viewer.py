@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import pwd
 import shutil
 import statistics
 from typing import Any
@@ -209,9 +211,6 @@ def main(args: argparse.Namespace) -> int:
 def nginx_front(stack: Stack, nginx: str, orthanc: Server, service: Server) -> Server:
     """nginx on a free port: OHIF's build at /viewer/ (the service's app-config.js, pointed at /dicom-web) and
     Orthanc's /dicom-web/ behind it."""
-    import os
-    import pwd
-
     with service.client() as client:
         status, _, config, _ = client.request("GET", "/viewer/app-config.js")
     if status != 200:

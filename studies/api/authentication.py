@@ -25,7 +25,7 @@ from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import BaseAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.permissions import SAFE_METHODS
 
@@ -106,13 +106,14 @@ def connect_signals() -> None:
         m2m_changed.connect(forget_permission_holders, sender=through, dispatch_uid=f"auth-cache-m2m-{through._meta.label}")
 
 
-class ViewerSessionAuthentication(SessionAuthentication):
+class ViewerSessionAuthentication(BaseAuthentication):
     """The admin's login session on DICOMweb, for the bundled viewer (/viewer/): safe methods only.
 
     A browser page of this origin (OHIF) reads with the session cookie. Writes (STOW-RS) never take it, so no
     other site can store through a logged-in user's browser, with or without a CSRF token. A request the browser
     marks as sent by another site (`Sec-Fetch-Site: cross-site` / `same-site`) is not authenticated by the session
-    either: a viewer on another origin uses a token (and CORS, DICOMWEB_CORS_ORIGINS).
+    either: a viewer on another origin uses a token (and CORS, DICOMWEB_CORS_ORIGINS). No CSRF check is needed for
+    methods that change nothing, so this is not DRF's SessionAuthentication.
     """
 
     def authenticate(self, request):
