@@ -18,7 +18,7 @@ graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then so that fragmentation after large renders cannot grow without bound.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 2000))  # 0: never
-max_requests_jitter = 200 if max_requests else 0
+max_requests_jitter = min(200, max_requests // 10)  # each worker recycles after max_requests plus up to a tenth more
 # The access log shows the path without the query string: ?search= and ?patient_id= carry patient data.
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms req=%({x-request-id}o)s'

@@ -126,6 +126,12 @@ MIDDLEWARE = [
 ]
 # Audit events record REMOTE_ADDR; behind a reverse proxy that sets X-Forwarded-For, turn this on.
 AUDIT_TRUST_X_FORWARDED_FOR = env_bool("AUDIT_TRUST_X_FORWARDED_FOR", False)
+# Audit events are buffered per process and written in batches by a background thread every this many ms (and at
+# every clean exit: shutdown, worker recycle), off the request path; a power cut or SIGKILL loses at most the last
+# interval's events of each process (docs/operations.md#audit-trail). 0: each event is written in its request.
+AUDIT_FLUSH_MS = env_int("DICOM_AUDIT_FLUSH_MS", 500)
+# Events waiting past this many (the database is down or slower than the traffic) are written in their request again.
+AUDIT_BUFFER_MAX = env_int("DICOM_AUDIT_BUFFER_MAX", 10000, minimum=1)
 
 ROOT_URLCONF = "dicomsite.urls"
 WSGI_APPLICATION = "dicomsite.wsgi.application"

@@ -38,6 +38,7 @@ RAISED_THROTTLE = "1000000/min"  # one bench user sends everything: the per-user
 # The service's settings come from the environment only; whatever the caller's shell has set for them is dropped.
 _STRIPPED_PREFIXES = ("DJANGO_", "DICOM_", "GUNICORN_")
 _STRIPPED = ("DATABASE_URL", "REDIS_URL", "LOG_LEVEL")
+_SERVICE_ENV = "BENCH_SERVICE_"
 SERVERS = ("gunicorn", "granian")
 
 
@@ -312,6 +313,8 @@ class Stack:
             full["DICOM_THROTTLE_UPLOAD"] = full["DICOM_THROTTLE_RENDER"] = throttle
         if redis_url:
             full["REDIS_URL"] = redis_url
+        # A setting to compare runs with: BENCH_SERVICE_DICOM_AUDIT_FLUSH_MS=0 sets DICOM_AUDIT_FLUSH_MS=0 for the service.
+        full.update({k.removeprefix(_SERVICE_ENV): v for k, v in os.environ.items() if k.startswith(_SERVICE_ENV)})
         full.update(env or {})
         django = Django(full, media, database, self.tmp)
         if migrate:

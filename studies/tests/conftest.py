@@ -61,6 +61,9 @@ E2E_TESTS = {
     "test_command_serves_until_ctrl_c": "manage.py storescp with dcmtk's echoscu/storescu as peers",
     "test_a_real_worker_prerenders_into_the_shared_cache_and_the_first_get_decodes_nothing": "manage.py import_dicom and rqworker on Redis",
     "test_a_failing_job_is_retried_up_to_the_bound_then_left_failed_and_a_deleted_instance_is_a_no_op": "manage.py rqworker on Redis",
+    "test_a_recycled_worker_and_a_clean_shutdown_write_every_event": "gunicorn recycling its worker on its own SQLite file",
+    "test_a_power_cut_loses_the_events_since_the_last_flush": "gunicorn killed with SIGKILL",
+    "test_a_power_cut_keeps_every_event_older_than_the_flush_interval": "gunicorn killed with SIGKILL",
 }
 SLOW_TESTS = {
     "test_importing_the_pydicom_corpora_is_consistent_and_rerun_adds_nothing": "imports both corpora twice (2.9 s)",
@@ -175,6 +178,14 @@ def media_root(request, settings, tmp_path) -> Path:
 def no_prerender(settings):
     """No upload queues pre-render jobs (CI's Redis pass sets REDIS_URL); test_prerender.py turns it on, on its own Redis db."""
     settings.DICOM_PRERENDER = False
+
+
+@pytest.fixture(autouse=True)
+def audit_written_in_request(settings):
+    """In-process tests read a request's audit event right after it: written in the request, not by the buffer's
+    thread (whose own connection would commit outside the test's transaction). test_audit_buffer.py tests the buffer
+    in-process and in real gunicorn workers."""
+    settings.AUDIT_FLUSH_MS = 0
 
 
 @pytest.fixture(autouse=True)

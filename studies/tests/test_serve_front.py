@@ -168,8 +168,14 @@ def test_a_body_over_the_limit_is_refused_with_413_in_the_error_shape(front):
 
 
 def audited_address(front: Front, request_id: str) -> str:
-    with sqlite3.connect(front.database) as db:
-        rows = db.execute("SELECT client_address FROM studies_auditevent WHERE request_id = ?", (request_id,)).fetchall()
+    """The worker's audit buffer writes the event within DICOM_AUDIT_FLUSH_MS (500 ms): wait for it, up to 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect(front.database) as db:
+            rows = db.execute("SELECT client_address FROM studies_auditevent WHERE request_id = ?", (request_id,)).fetchall()
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(rows) == 1, rows
     return rows[0][0]
 
