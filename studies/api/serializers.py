@@ -71,15 +71,22 @@ def _cached_link(context: Mapping[str, Any], view_name: str, pk) -> str:
 class BuiltOnceFields:
     """ModelSerializer.get_fields() introspects the model and builds every field on each instantiation
     (1.6 ms of a 2.8 ms single-instance answer here); the result depends only on the class, so it is built
-    once per class and deep-copied, as DRF itself copies declared fields."""
+    once per class and copied for each serializer, which binds its own copies.
+
+    The copies are shallow: these serializers only read (every field read-only), so nothing a field holds
+    (validators, choices) is changed by using it. DRF's deep copy re-runs each field's __init__: an instance
+    metadata read in-process on PostgreSQL took 1.90-2.10 ms with it, 1.66-1.88 ms with this (three alternations)."""
 
     _built: dict[type, dict] = {}
 
     def get_fields(self):
         built = BuiltOnceFields._built.get(type(self))
         if built is None:
-            built = BuiltOnceFields._built[type(self)] = super().get_fields()
-        return copy.deepcopy(built)
+            built = super().get_fields()
+            if not all(field.read_only for field in built.values()):
+                raise TypeError(f"{type(self).__name__}: BuiltOnceFields shares field state, so it is for read-only serializers")
+            BuiltOnceFields._built[type(self)] = built
+        return {name: copy.copy(field) for name, field in built.items()}
 
 
 class InstanceSerializer(BuiltOnceFields, serializers.ModelSerializer):

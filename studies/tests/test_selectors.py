@@ -198,10 +198,10 @@ def test_visible_instance_with_fields_reads_only_those(catalogue, owner):
 @pytest.mark.parametrize(
     ("who", "target", "queries"),
     [
-        ("owner", "b", 1),  # the owner's row: one query, no permission lookup
-        ("superuser", "b", 2),  # not theirs: the miss, then any owner's row (is_superuser needs no lookup)
-        ("viewer", "b", 4),  # the miss, user + group permissions, then any owner's row
-        ("other", "b", 3),  # the miss and the permission lookups, then 404
+        ("owner", "b", 1),  # the owner's row: one query by primary key, no permission lookup
+        ("superuser", "b", 1),  # not theirs: is_superuser needs no lookup
+        ("viewer", "b", 3),  # someone else's row: then user + group permissions
+        ("other", "b", 3),  # the row and the permission lookups, then 404
     ],
 )
 def test_visible_instance_query_count(request, catalogue, who, target, queries, django_assert_num_queries):
@@ -212,6 +212,29 @@ def test_visible_instance_query_count(request, catalogue, who, target, queries, 
                 selectors.visible_instance(user, pk)
         else:
             assert selectors.visible_instance(user, pk).pk == pk
+
+
+@pytest.mark.parametrize("fields", [None, selectors.DISPLAY_FIELDS, selectors.HEADER_FIELDS], ids=["serializer", "display", "header"])
+def test_the_one_query_row_is_the_row_the_orm_makes(catalogue, viewer, fields):
+    """visible_instance's own SQL against the ORM's queryset for the same row: every loaded field, the same
+    deferred ones, and (for the serializers) the same joined owner, study and series."""
+    orm = Instance.objects.only(*fields) if fields else Instance.objects.select_related("owner", "study", "series").defer("header")
+    for instance in Instance.objects.all():
+        mine, theirs = selectors.visible_instance(viewer, instance.pk, fields=fields), orm.get(pk=instance.pk)
+        assert mine.get_deferred_fields() == theirs.get_deferred_fields()
+        loaded = [f.attname for f in Instance._meta.concrete_fields if f.attname not in mine.get_deferred_fields()]
+        assert [getattr(mine, name) for name in loaded] == [getattr(theirs, name) for name in loaded]
+        assert [type(getattr(mine, name)) for name in loaded] == [type(getattr(theirs, name)) for name in loaded]
+        if fields is None:
+            for relation, names in (("owner", ("id", "username")), ("study", ("id", "study_instance_uid")), ("series", ("id", "series_instance_uid"))):
+                assert Instance._meta.get_field(relation).is_cached(mine)
+                assert [getattr(getattr(mine, relation), n) for n in names] == [getattr(getattr(theirs, relation), n) for n in names]
+        assert not mine._state.adding and mine._state.db == theirs._state.db
+
+
+def test_a_malformed_primary_key_is_404(owner):
+    with pytest.raises(Http404):
+        selectors.visible_instance(owner, "not-a-uuid")
 
 
 # --- header element reads ---------------------------------------------------------------------------------------------
