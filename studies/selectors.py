@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from typing import cast
 
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, ForeignKey, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Coalesce
 from django.http import Http404
@@ -100,7 +101,7 @@ def _visible_row(user, pk, fields: tuple[str, ...] | None) -> Instance:
     if instance.owner_id != user.pk and not can_view_all(user):
         raise Http404
     for (relation, _), obj in zip(_SERIALIZER_JOINS, related, strict=False):
-        Instance._meta.get_field(relation).set_cached_value(instance, obj)
+        cast(ForeignKey, Instance._meta.get_field(relation)).set_cached_value(instance, obj)
     return instance
 
 
@@ -115,17 +116,18 @@ def _row_sql(vendor: str, fields: tuple[str, ...] | None) -> tuple[str, tuple]:
     own = [f for f in meta.concrete_fields if (f in named if named is not None else f.name != "header")]
     if not any(field.name == "owner" for field in own):
         raise ValueError("the owner's id is what the row is checked against")
-    columns = [f"i.{quote(f.column)}" for f in own]
+    columns = [f"i.{quote(str(f.column))}" for f in own]
     tables = f"{quote(meta.db_table)} i"
     parts: list[tuple] = [(Instance, tuple(f.attname for f in own), tuple(own))]
     for n, (relation, names) in enumerate(() if fields else _SERIALIZER_JOINS):
-        foreign_key = meta.get_field(relation)
+        foreign_key = cast(ForeignKey, meta.get_field(relation))
         model = foreign_key.related_model
         related = [f for f in model._meta.concrete_fields if f.name in names]
-        tables += f" INNER JOIN {quote(model._meta.db_table)} j{n} ON j{n}.{quote(model._meta.pk.column)} = i.{quote(foreign_key.column)}"
-        columns += [f"j{n}.{quote(f.column)}" for f in related]
+        target = f"j{n}.{quote(str(model._meta.pk.column))}"
+        tables += f" INNER JOIN {quote(model._meta.db_table)} j{n} ON {target} = i.{quote(str(foreign_key.column))}"
+        columns += [f"j{n}.{quote(str(f.column))}" for f in related]
         parts.append((model, tuple(f.attname for f in related), tuple(related)))
-    return f"SELECT {', '.join(columns)} FROM {tables} WHERE i.{quote(meta.pk.column)} = %s", tuple(parts)
+    return f"SELECT {', '.join(columns)} FROM {tables} WHERE i.{quote(str(meta.pk.column))} = %s", tuple(parts)
 
 
 _converters = threading.local()  # per thread, as `connection` is: the converters are bound to its operations
@@ -133,7 +135,7 @@ _converters = threading.local()  # per thread, as `connection` is: the converter
 
 def _with_converters(vendor: str, fields: tuple[str, ...] | None, parts: tuple) -> list[tuple]:
     """(model, attnames, per column the converters from the database's value) as the ORM applies them."""
-    cache = _converters.__dict__
+    cache = cast(dict[tuple, list[tuple]], _converters.__dict__)
     made = cache.get((vendor, fields))
     if made is None:
         made = cache[(vendor, fields)] = [
