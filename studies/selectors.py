@@ -55,41 +55,56 @@ HEADER_FIELDS = ("id", "owner_id", "header")
 def visible_instance(user, pk, *, fields: tuple[str, ...] | None = None) -> Instance:
     """One instance the user may see, or Http404 (also for other owners': existence is not revealed).
 
-    The owner's own row is tried first, so the common case costs one query and no permission
-    lookups; only when that misses are the user's view_all permissions consulted.
+    One query by primary key (its SQL built once, see _one_row); the owner is compared here, so the view_all
+    permission is consulted only for someone else's row.
     """
     if not (user and user.is_authenticated):
         raise Http404
-    if connection.vendor in _HEADER_ELEMENT_SQL:  # the databases whose SQL below is tested
-        return _visible_row(user, pk, fields)
-    # Without named fields: the row for the serializers, minus the header JSON (~12 KB for a CT) none of them shows.
-    queryset = Instance.objects.only(*fields) if fields else Instance.objects.select_related("owner", "study", "series").defer("header")
-    return _first_visible(queryset, user, pk)
-
-
-# What the serializers read of the related rows (InstanceSerializer: owner.username and the two UIDs), joined.
-_SERIALIZER_JOINS = (("owner", ("id", "username")), ("study", ("id", "study_instance_uid")), ("series", ("id", "series_instance_uid")))
-
-
-def _visible_row(user, pk, fields: tuple[str, ...] | None) -> Instance:
-    """visible_instance in one query by primary key, its SQL built once per database and field set.
-
-    The ORM's queryset for the same row compiled its SQL on every call: 1.0 ms of the 3.0 ms an instance metadata
-    read took in-process on PostgreSQL, the query's round trip 0.4 ms. The row becomes model instances the way the
-    ORM makes them (`Model.from_db`, the fields' own database converters), so nothing downstream can tell."""
+    if connection.vendor not in _HEADER_ELEMENT_SQL:  # not a database whose SQL below is tested: the ORM's way
+        # Without named fields: the row for the serializers, minus the header JSON (~12 KB for a CT) none shows.
+        queryset = Instance.objects.only(*fields) if fields else Instance.objects.select_related("owner", "study", "series").defer("header")
+        return _first_visible(queryset, user, pk)
     try:
         key = Instance._meta.pk.get_db_prep_value(pk, connection)
     except ValidationError:
         raise Http404 from None
-    sql, parts = _row_sql(connection.vendor, fields)
+    instance = _one_row(fields, SERIALIZER_JOINS if fields is None else (), "pk", (key,))
+    if instance is None or (instance.owner_id != user.pk and not can_view_all(user)):
+        raise Http404
+    return instance
+
+
+def instance_at(user, study_uid: str, series_uid: str, instance_uid: str, *, fields: tuple[str, ...], joins: tuple = ()) -> Instance | None:
+    """The instance at a WADO-RS path (study, series and SOP Instance UID) the user may see, or None; for view_all
+    users the first stored of every owner's copies (qido.one_per_uid's choice). `fields`: the instance's columns,
+    `joins`: (relation, its columns) read with it. One query, its SQL built once (_one_row)."""
+    if not (user and user.is_authenticated) or connection.vendor not in _HEADER_ELEMENT_SQL:
+        raise LookupError("no one-query path here: use qido.instances")
+    if can_view_all(user):
+        return _one_row(fields, joins, "uids", (instance_uid, study_uid, series_uid))
+    return _one_row(fields, joins, "uids-owner", (instance_uid, study_uid, series_uid, user.pk))
+
+
+# What the serializers read of the related rows (InstanceSerializer: owner.username and the two UIDs), joined.
+SERIALIZER_JOINS = (("owner", ("id", "username")), ("study", ("id", "study_instance_uid")), ("series", ("id", "series_instance_uid")))
+
+
+def _one_row(fields: tuple[str, ...] | None, joins: tuple, by: str, params: tuple) -> Instance | None:
+    """One instance row (and the joined rows, cached on it as select_related would) in one query whose SQL is
+    built once per database, field set and condition.
+
+    The ORM's queryset for the same row compiled its SQL on every call: 1.0 ms of the 3.0 ms an instance metadata
+    read took in-process on PostgreSQL, the query's round trip 0.4 ms. The row becomes model instances the way the
+    ORM makes them (`Model.from_db`, the fields' own database converters), so nothing downstream can tell."""
+    sql, parts = _row_sql(connection.vendor, fields, joins, by)
     with connection.cursor() as cursor:
-        cursor.execute(sql, (key,))
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
-        raise Http404
+        return None
     values = iter(row)
     made = []
-    for model, attnames, converters in _with_converters(connection.vendor, fields, parts):
+    for model, attnames, converters in _with_converters(connection.vendor, sql, parts):
         taken = []
         for convert in converters:
             value = next(values)
@@ -97,18 +112,24 @@ def _visible_row(user, pk, fields: tuple[str, ...] | None) -> Instance:
                 value = converter(value, None, connection)
             taken.append(value)
         made.append(model.from_db(connection.alias, attnames, taken))
-    instance, related = made[0], made[1:]
-    if instance.owner_id != user.pk and not can_view_all(user):
-        raise Http404
-    for (relation, _), obj in zip(_SERIALIZER_JOINS, related, strict=False):
+    instance = made[0]
+    for (relation, _), obj in zip(joins, made[1:], strict=True):
         cast(ForeignKey, Instance._meta.get_field(relation)).set_cached_value(instance, obj)
     return instance
 
 
+_ROW_CONDITIONS = {
+    "pk": "i.{pk} = %s",
+    # The first stored row wins when several owners hold the instance (view_all): qido.one_per_uid's order.
+    "uids": "i.{sop} = %s AND j0.{study_uid} = %s AND j1.{series_uid} = %s ORDER BY i.{at}, i.{pk} LIMIT 1",
+    "uids-owner": "i.{sop} = %s AND j0.{study_uid} = %s AND j1.{series_uid} = %s AND i.{owner} = %s",
+}
+
+
 @functools.cache
-def _row_sql(vendor: str, fields: tuple[str, ...] | None) -> tuple[str, tuple]:
-    """SELECT of the instance's columns (all but the header, or `fields`) and, without fields, the joined columns
-    the serializers read; and, per model in order, (model, attnames, fields) to make the instances from."""
+def _row_sql(vendor: str, fields: tuple[str, ...] | None, joins: tuple, by: str) -> tuple[str, tuple]:
+    """SELECT of the instance's columns (all but the header, or `fields`) and the joined columns, WHERE `by`; and,
+    per model in order, (model, attnames, fields) to make the instances from."""
     quote = connection.ops.quote_name
     meta = Instance._meta
     # In the model's field order: Model.from_db takes the values of a partial row in that order.
@@ -116,10 +137,12 @@ def _row_sql(vendor: str, fields: tuple[str, ...] | None) -> tuple[str, tuple]:
     own = [f for f in meta.concrete_fields if (f in named if named is not None else f.name != "header")]
     if not any(field.name == "owner" for field in own):
         raise ValueError("the owner's id is what the row is checked against")
+    if by != "pk" and [relation for relation, _ in joins[:2]] != ["study", "series"]:
+        raise ValueError("a lookup by UIDs joins the study (j0) and the series (j1) first")
     columns = [f"i.{quote(str(f.column))}" for f in own]
     tables = f"{quote(meta.db_table)} i"
     parts: list[tuple] = [(Instance, tuple(f.attname for f in own), tuple(own))]
-    for n, (relation, names) in enumerate(() if fields else _SERIALIZER_JOINS):
+    for n, (relation, names) in enumerate(joins):
         foreign_key = cast(ForeignKey, meta.get_field(relation))
         model = foreign_key.related_model
         related = [f for f in model._meta.concrete_fields if f.name in names]
@@ -127,18 +150,24 @@ def _row_sql(vendor: str, fields: tuple[str, ...] | None) -> tuple[str, tuple]:
         tables += f" INNER JOIN {quote(model._meta.db_table)} j{n} ON {target} = i.{quote(str(foreign_key.column))}"
         columns += [f"j{n}.{quote(str(f.column))}" for f in related]
         parts.append((model, tuple(f.attname for f in related), tuple(related)))
-    return f"SELECT {', '.join(columns)} FROM {tables} WHERE i.{quote(str(meta.pk.column))} = %s", tuple(parts)
+    column = {f.name: quote(str(f.column)) for f in meta.concrete_fields}
+    condition = _ROW_CONDITIONS[by].format(
+        pk=column["id"], sop=column["sop_instance_uid"], owner=column["owner"], at=column["uploaded_at"],
+        study_uid=quote(str(Study._meta.get_field("study_instance_uid").column)),
+        series_uid=quote(str(Series._meta.get_field("series_instance_uid").column)),
+    )  # fmt: skip
+    return f"SELECT {', '.join(columns)} FROM {tables} WHERE {condition}", tuple(parts)
 
 
 _converters = threading.local()  # per thread, as `connection` is: the converters are bound to its operations
 
 
-def _with_converters(vendor: str, fields: tuple[str, ...] | None, parts: tuple) -> list[tuple]:
+def _with_converters(vendor: str, sql: str, parts: tuple) -> list[tuple]:
     """(model, attnames, per column the converters from the database's value) as the ORM applies them."""
     cache = cast(dict[tuple, list[tuple]], _converters.__dict__)
-    made = cache.get((vendor, fields))
+    made = cache.get((vendor, sql))
     if made is None:
-        made = cache[(vendor, fields)] = [
+        made = cache[(vendor, sql)] = [
             (model, attnames, [connection.ops.get_db_converters(f.get_col(model._meta.db_table)) + f.get_db_converters(connection) for f in columns])
             for model, attnames, columns in parts
         ]

@@ -50,6 +50,7 @@ def make_instance(
     modality: str = "CT",
     series_number: int | None = 1,
     patient_name: str = "Doe^Jane",
+    sop_uid: str | None = None,
     **fields,
 ) -> Instance:
     """One catalogue row (and its study and series, made once per owner and UID)."""
@@ -65,7 +66,7 @@ def make_instance(
         file=f"dicom/00/00/{uuid.uuid4().hex}.dcm",
         sha256=hashlib.sha256(str(n).encode()).hexdigest(),
         size=1000 + n,
-        sop_instance_uid=f"1.2.826.0.1.{n}",
+        sop_instance_uid=sop_uid or f"1.2.826.0.1.{n}",
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         modality=modality,
         instance_number=number,
@@ -230,6 +231,28 @@ def test_the_one_query_row_is_the_row_the_orm_makes(catalogue, viewer, fields):
                 assert Instance._meta.get_field(relation).is_cached(mine)
                 assert [getattr(getattr(mine, relation), n) for n in names] == [getattr(getattr(theirs, relation), n) for n in names]
         assert not mine._state.adding and mine._state.db == theirs._state.db
+
+
+def test_instance_at_is_the_instance_qidos_queryset_gives_for_every_path_and_user(catalogue, owner, other, viewer):
+    """The one-query WADO-RS lookup against qido.instances (the ORM, with one_per_uid for view_all), also when two
+    owners hold copies of one instance (the viewer must get the first stored) and for paths that mix UIDs."""
+    from studies.dicomweb import qido
+    from studies.dicomweb.views import INSTANCE_COLUMNS, INSTANCE_JOINS
+
+    first = catalogue["b"]
+    make_instance(other, study_uid="1.2", series_uid="1.2.1", number=1, sop_uid=first.sop_instance_uid)  # other's copy
+    rows = list(Instance.objects.select_related("study", "series"))
+    paths = {(i.study.study_instance_uid, i.series.series_instance_uid, i.sop_instance_uid) for i in rows}
+    paths |= {("1.1", "1.2.1", first.sop_instance_uid), ("1.2", "1.2.1", "9.9.9")}  # no such instance at these
+    for user in (owner, other, viewer):
+        for study_uid, series_uid, sop_uid in sorted(paths):
+            expected = qido.instances(user, study_uid=study_uid, series_uid=series_uid, instance_uid=sop_uid).first()
+            found = selectors.instance_at(user, study_uid, series_uid, sop_uid, fields=INSTANCE_COLUMNS, joins=INSTANCE_JOINS)
+            assert (found and found.pk) == (expected and expected.pk), (user.username, sop_uid)
+            if found is not None:
+                assert found.study.study_instance_uid == study_uid and found.series.series_instance_uid == series_uid
+                assert found.series.series_number == expected.series.series_number
+                assert found.uploaded_at == expected.uploaded_at and found.file.name == expected.file.name
 
 
 def test_a_malformed_primary_key_is_404(owner):
