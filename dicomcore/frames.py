@@ -86,6 +86,71 @@ def read_frames(fp: BinaryIO, numbers: list[int], *, keep: bool, max_frame_bytes
         yield _frame(fp, pixels, number - 1, keep=keep)
 
 
+@dataclass(frozen=True)
+class StoredPixels:
+    """What the catalogue row knows of a stored file's pixel data: enough to find a frame without its header."""
+
+    transfer_syntax: str
+    value_offset: int  # where the pixel data value starts (parsing.PixelDataInfo.value_offset)
+    file_size: int
+    frames: int  # Number of Frames (0 or 1: one frame)
+    rows: int | None
+    columns: int | None
+    samples_per_pixel: int | None
+    bits_allocated: int | None
+    photometric_interpretation: str
+
+
+# Native syntaxes whose frames are the file's own bytes in order (big endian and deflated need the header path).
+_NATIVE_LITTLE = {pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian}
+
+
+def read_frames_at(fp: BinaryIO, stored: StoredPixels, numbers: list[int], *, keep: bool, max_frame_bytes: int) -> Iterator[bytes] | None:
+    """read_frames without reading the header, from the row's facts: the stored bytes of an encapsulated frame
+    (`keep`), or a native little-endian frame of whole bytes sliced from the file; None for anything else (the
+    caller then uses read_frames). The same checks, with the same errors, before the first frame."""
+    ts = UID(stored.transfer_syntax)
+    encapsulated = ts.is_transfer_syntax and ts.is_compressed and ts != pydicom.uid.DeflatedExplicitVRLittleEndian
+    bits = stored.bits_allocated or 8
+    native = ts in _NATIVE_LITTLE and bits % 8 == 0 and stored.photometric_interpretation.strip() != "YBR_FULL_422"
+    known = None not in (stored.rows, stored.columns, stored.samples_per_pixel, stored.bits_allocated)
+    if not known or not ((encapsulated and keep) or native):
+        return None
+    ds = Dataset()  # the attributes check_frame reads, from the row
+    ds.Rows, ds.Columns = stored.rows or 0, stored.columns or 0
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.NumberOfFrames = stored.samples_per_pixel or 1, bits, max(stored.frames, 1)
+    for number in numbers:
+        check_frame(ds, number - 1, max_frame_bytes)
+    frames = max(stored.frames, 1)
+    if encapsulated:
+        return _encapsulated_frames(fp, stored.value_offset, frames, numbers)
+    frame_length = ds.Rows * ds.Columns * ds.SamplesPerPixel * bits // 8
+    available = stored.file_size - stored.value_offset
+    if max(numbers) * frame_length > available:  # check_native_length's refusal, before anything is read
+        raise RenderError(
+            f"the pixel data is shorter than frame {max(numbers)} needs ({available} bytes in the file, {max(numbers) * frame_length} needed)"
+        )
+    return _native_frames(fp, stored.value_offset, frame_length, numbers)
+
+
+def _encapsulated_frames(fp: BinaryIO, offset: int, frames: int, numbers: list[int]) -> Iterator[bytes]:
+    for number in numbers:
+        fp.seek(offset)
+        try:
+            yield get_frame(fp, number - 1, number_of_frames=frames)
+        except Exception as exc:
+            raise RenderError(f"frame {number} cannot be read from the stored file ({type(exc).__name__})") from exc
+
+
+def _native_frames(fp: BinaryIO, offset: int, length: int, numbers: list[int]) -> Iterator[bytes]:
+    for number in numbers:
+        fp.seek(offset + (number - 1) * length)
+        data = fp.read(length)
+        if len(data) != length:
+            raise RenderError(f"frame {number} is cut short in the stored file")
+        yield data
+
+
 def _frame(fp: BinaryIO, pixels: PixelLayout, index: int, *, keep: bool) -> bytes:
     if keep and pixels.encapsulated and pixels.value_offset is not None:
         fp.seek(pixels.value_offset)

@@ -13,7 +13,7 @@ import hashlib
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 import pydicom
@@ -61,6 +61,8 @@ class PixelDataInfo:
     vr: str
     length: int
     encapsulated: bool
+    # Where the value starts in the file (the stored file: only the preamble differs); None when deflated.
+    value_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ def parse_dicom(
             raise NotAnInstance("this is a DICOMDIR (a media index listing other files), not an image instance")
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "").strip()
         pixel_info = _pixel_data_info(ds, fp, file_size, transfer_syntax)
+        if pixel_info is not None and not _frame_attributes_exact(ds):
+            # The catalogue's lenient reading of these would not be the header's: frames go through the header.
+            pixel_info = replace(pixel_info, value_offset=None)
         return _summarise(
             ds,
             transfer_syntax=transfer_syntax,
@@ -252,6 +257,20 @@ def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
             break
 
 
+def _frame_attributes_exact(ds: Dataset) -> bool:
+    """Whether Rows, Columns, Samples per Pixel, Bits Allocated and Number of Frames read as plain integers, as
+    rendering.check_frame reads them: then the catalogue's copies locate a frame as the header would."""
+    try:
+        for keyword, default in (("Rows", None), ("Columns", None), ("SamplesPerPixel", 1), ("BitsAllocated", 8), ("NumberOfFrames", 1)):
+            value = ds.get(keyword, default)
+            if value is None:
+                return False
+            int(value or default or 0)
+    except Exception:  # noqa: BLE001 - any value that does not convert
+        return False
+    return True
+
+
 def _pixel_data_info(ds: Dataset, fp: BinaryIO, file_size: int, transfer_syntax: str) -> PixelDataInfo | None:
     """Read the pixel data element's header where `stop_before_pixels` left the file."""
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
@@ -298,7 +317,7 @@ def _pixel_data_info(ds: Dataset, fp: BinaryIO, file_size: int, transfer_syntax:
     elif start + header_len + length > file_size:
         # As for a cut inside any earlier value: stored, it would be catalogued with frames it does not hold.
         raise InvalidDicom(TRUNCATED)
-    return PixelDataInfo(tag=tag, vr=vr, length=int(length), encapsulated=encapsulated)
+    return PixelDataInfo(tag=tag, vr=vr, length=int(length), encapsulated=encapsulated, value_offset=start + header_len)
 
 
 def _definite_vr(vr: str) -> str:

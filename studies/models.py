@@ -110,6 +110,9 @@ class Instance(models.Model):
     bits_stored = models.PositiveSmallIntegerField(null=True, blank=True)
     pixel_representation = models.PositiveSmallIntegerField(null=True, blank=True)
     has_pixel_data = models.BooleanField(default=False)
+    # Where the pixel data value starts in the stored file (set at ingest; NULL when deflated, or stored before this
+    # column existed): frames are read from there without parsing the header (dicomcore.frames.read_frames_at).
+    pixel_offset = models.BigIntegerField(null=True, blank=True, editable=False)
     # Denormalised from the header so lists and searches need no joins.
     patient_name = models.CharField(max_length=255, blank=True)
     patient_id = models.CharField("Patient ID", max_length=64, blank=True)

@@ -460,6 +460,7 @@ def _new_instance(
         size=size,
         **_copied(parsed, INSTANCE_FIELDS),
         **{name: _unsigned(getattr(parsed, name), maximum) for name, maximum in BOUNDED_FIELDS.items()},
+        pixel_offset=parsed.pixel_data.value_offset if parsed.pixel_data else None,
     )
 
 

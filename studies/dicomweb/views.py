@@ -44,7 +44,8 @@ JSON_TYPES = ("application/dicom+json", "application/json")
 # three tables) from 4.9 ms to 2.2 ms in-process on PostgreSQL, most of it the ORM compiling the SELECT list.
 INSTANCE_COLUMNS = (
     "id", "owner_id", "file", "sha256", "size", "sop_instance_uid", "transfer_syntax_uid", "has_pixel_data", "number_of_frames",
-    "rows", "columns", "samples_per_pixel", "bits_allocated", "instance_number", "uploaded_at",
+    "rows", "columns", "samples_per_pixel", "bits_allocated", "instance_number", "uploaded_at", "pixel_offset",
+    "photometric_interpretation",
 )  # fmt: skip
 INSTANCE_JOINS = (("study", ("id", "study_instance_uid")), ("series", ("id", "series_instance_uid", "series_number")))
 INSTANCE_FIELDS = (*INSTANCE_COLUMNS, *(f"{relation}__{name}" for relation, names in INSTANCE_JOINS for name in names if name != "id"))
@@ -232,7 +233,13 @@ def _frames_response(view: DicomWebView, instance, numbers: list[int] | None):
     numbers = numbers or list(range(1, max(instance.number_of_frames, 1) + 1))
     handle = open_stored(instance)
     try:
-        frames = frame_reader.read_frames(handle, numbers, keep=encoding.keep, max_frame_bytes=settings.DICOM_MAX_FRAME_PIXELS)
+        frames = None
+        if instance.pixel_offset is not None:  # where the value starts is in the row: no header to parse
+            frames = frame_reader.read_frames_at(
+                handle, _stored_pixels(instance), numbers, keep=encoding.keep, max_frame_bytes=settings.DICOM_MAX_FRAME_PIXELS
+            )  # fmt: skip
+        if frames is None:
+            frames = frame_reader.read_frames(handle, numbers, keep=encoding.keep, max_frame_bytes=settings.DICOM_MAX_FRAME_PIXELS)
         first = next(frames)  # every number is checked before the first frame: errors come before the response
     except BaseException:
         handle.close()
@@ -251,6 +258,15 @@ def _frames_response(view: DicomWebView, instance, numbers: list[int] | None):
         web.multipart_chunks(parts(), boundary),
         content_type=web.multipart_type(encoding.media_type, boundary, encoding.transfer_syntax),
     )
+
+
+def _stored_pixels(instance) -> frame_reader.StoredPixels:
+    return frame_reader.StoredPixels(
+        transfer_syntax=instance.transfer_syntax_uid, value_offset=instance.pixel_offset, file_size=instance.size,
+        frames=instance.number_of_frames, rows=instance.rows, columns=instance.columns,
+        samples_per_pixel=instance.samples_per_pixel, bits_allocated=instance.bits_allocated,
+        photometric_interpretation=instance.photometric_interpretation,
+    )  # fmt: skip
 
 
 class BulkDataView(DicomWebView):

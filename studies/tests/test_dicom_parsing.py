@@ -100,7 +100,9 @@ def test_ct_small_image_attributes_and_pixel_data_info(ct: parsing.ParsedDicom) 
     assert ct.photometric_interpretation == "MONOCHROME2"
     assert (ct.bits_allocated, ct.bits_stored, ct.pixel_representation) == (16, 16, 1)
     assert ct.has_pixel_data
-    assert ct.pixel_data == parsing.PixelDataInfo(tag=0x7FE00010, vr="OW", length=128 * 128 * 2, encapsulated=False)
+    assert ct.pixel_data == parsing.PixelDataInfo(tag=0x7FE00010, vr="OW", length=128 * 128 * 2, encapsulated=False, value_offset=6300)
+    data = CT_SMALL.read_bytes()  # the value starts right after the element's 12-byte header (tag, VR, reserved, length)
+    assert data[6300 - 12 : 6300 - 8] == b"\xe0\x7f\x10\x00" and data[6300 - 8 : 6300 - 6] == b"OW"
 
 
 def test_ct_small_header_keys_are_eight_upper_case_hex_digits(ct: parsing.ParsedDicom) -> None:

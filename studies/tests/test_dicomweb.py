@@ -513,6 +513,19 @@ def test_frames_list_in_the_order_asked(api):
         assert np.array_equal(np.frombuffer(content, "<u2").reshape(64, 64), ds.pixel_array[index])
 
 
+@pytest.mark.parametrize("source", [CT_SMALL, J2K_MULTIFRAME, RLE_MULTIFRAME, JPEG_BASELINE])
+@pytest.mark.parametrize("accept", [OCTETS := 'multipart/related; type="application/octet-stream"', f"{OCTETS}; transfer-syntax=*"])
+def test_frames_from_the_rows_pixel_offset_are_the_frames_read_through_the_header(api, source, accept):
+    """Rows stored before the pixel_offset column (NULL) take the header path: both answer the same parts."""
+    ds, response = _frames(api, source, "1", accept)
+    instance = Instance.objects.get(sop_instance_uid=ds.SOPInstanceUID)
+    assert instance.pixel_offset is not None and instance.pixel_offset > 132
+    by_offset = multipart_parts(response)
+    Instance.objects.filter(pk=instance.pk).update(pixel_offset=None)
+    url = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1"
+    assert multipart_parts(api.get(url, HTTP_ACCEPT=accept)) == by_offset
+
+
 def test_frames_with_transfer_syntax_star_keep_the_compressed_bytes(api):
     ds, response = _frames(api, J2K_MULTIFRAME, "2", 'multipart/related; type="application/octet-stream"; transfer-syntax=*')
     [(headers, content)] = multipart_parts(response)
