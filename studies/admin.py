@@ -22,7 +22,7 @@ from dicomcore import rendering, tags
 from . import selectors, services
 from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
 from .http import viewer
-from .models import Instance, Series, Study
+from .models import DicomPeer, Instance, Series, Study
 from .outcome import Outcome
 from .outcome import counts as status_counts
 from .uploads import as_staged
@@ -345,3 +345,14 @@ class SeriesAdmin(LevelAdmin):
         study = obj.study
         text = f"{study.patient_name or study.patient_id or 'Study'} {study.study_date or ''}".strip()
         return _changelist_link("series", "study", obj.study_id, text)
+
+
+@admin.register(DicomPeer)
+class DicomPeerAdmin(admin.ModelAdmin):
+    """The DICOM nodes `manage.py dicomserver` answers (docs/dicom-node.md): managed by administrators only, with
+    Django's model permissions (the same as `manage.py dicom_peer`)."""
+
+    list_display = ("ae_title", "host", "port", "owner", "may_store", "may_find", "may_move", "may_get", "description")
+    list_filter = ("may_store", "may_find", "may_move", "may_get")
+    search_fields = ("ae_title", "host", "description")
+    raw_id_fields = ("owner",)

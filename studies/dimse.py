@@ -1,6 +1,12 @@
-"""DICOM network service: a C-STORE / C-ECHO receiver (SCP) on pynetdicom, storing through `ingest_instance`.
+"""DICOM network service on pynetdicom: Verification, Storage and Query/Retrieve SCP.
 
-    python manage.py storescp --port 11112 --ae-title DICOMSITE --owner alice
+    python manage.py dicomserver --port 11112 --ae-title DICOMSITE          # known peers (DicomPeer) only
+    python manage.py storescp --port 11112 --ae-title DICOMSITE --owner alice   # C-STORE/C-ECHO from anyone, for alice
+
+`dicomserver` answers the peers of `manage.py dicom_peer` (also in the admin), each acting for its owner and
+allowed some of store / find / move / get; an unknown calling AE is refused at association unless an owner for
+unknown senders' C-STOREs is given. C-FIND, C-MOVE and C-GET are studies/qr.py's; a service the peer may not use
+is answered 0x0124 (Refused: Not Authorized).
 
 Every instance a modality (or `storescu`) sends goes through the same ingest service as an API
 upload, for one owner. Each C-STORE gets a DIMSE status (`DIMSE_STATUS`, keyed by the ingest
@@ -46,9 +52,9 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import close_old_connections, connections
-from pydicom import uid
+from pydicom import dcmread, uid
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom adds its SOP classes at import time
@@ -56,10 +62,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # p
 from dicomcore.constants import CHUNK_SIZE, DICM, PREAMBLE_LENGTH
 from dicomsite.logging import request_id_var
 
-from . import services
+from . import qr, services
 from .audit.events import write_event
 from .errors import ServiceError, UploadTooLarge
 from .http.status import HTTP_STATUS
+from .imaging import open_stored
+from .models import DicomPeer
 from .outcome import Outcome, Reason
 from .uploads import stage_stream
 
@@ -78,7 +86,28 @@ TRANSFER_SYNTAXES = [
     )
 ]
 
+def _storage_sop_classes() -> list[str]:
+    """pynetdicom's storage SOP classes, and the retired ones of pydicom's UID dictionary (pynetdicom leaves them
+    out, but old modalities still send them and the catalogue holds them: one of pydicom's own test files is a
+    retired Ultrasound Image Storage, which a C-GET must be able to send back)."""
+    classes = [str(context.abstract_syntax) for context in AllStoragePresentationContexts]
+    try:
+        from pydicom._uid_dict import UID_dictionary  # private, hence the guard: without it, pynetdicom's list
+    except ImportError:
+        return classes
+    retired = [  # entries: (name, type, info, "Retired" or "", keyword)
+        uid_ for uid_, entry in UID_dictionary.items()
+        if entry[1] == "SOP Class" and entry[3] == "Retired" and entry[0].endswith("Storage") and "Commitment" not in entry[0]
+    ]  # fmt: skip
+    return classes + [uid_ for uid_ in sorted(retired) if uid_ not in classes]
+
+
+STORAGE_SOP_CLASSES = _storage_sop_classes()
+
 SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 CONFLICT = 0xC409
@@ -108,15 +137,42 @@ class StoreAnswer:
     def audit_outcome(self) -> str:
         if self.audit_status < 400:
             return "success"
+        if self.audit_status in (401, 403):
+            return "denied"
         return "refused" if self.audit_status < 500 else "error"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Who a request acts for. peers=False (`storescp`): every caller stores for `unknown_owner`, nothing else.
+    peers=True (`dicomserver`): a known peer (DicomPeer) acts for its owner, within what it may do; an unknown
+    caller is refused at association, unless `unknown_owner` is set: then its C-STOREs are catalogued for them."""
+
+    peers: bool = False
+    unknown_owner: object = None
 
 
 @dataclass
 class _Session:
-    """Per-association bookkeeping: an id for log lines and the size of the data set arriving."""
+    """Per-association bookkeeping: an id for log lines, the size of the data set arriving, the calling peer."""
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     receiving: int = 0
+    peer: DicomPeer | None = None
+    looked_up: bool = False
+
+
+def acting_for(event, policy: Policy, sessions: _Sessions, service: str):
+    """The user this request acts for, or None when the caller may not use `service` (0x0124)."""
+    if not policy.peers:
+        return policy.unknown_owner if service == "store" else None
+    session = sessions.get(event.assoc)
+    if not session.looked_up:  # once per association: the peer's settings as they were when it connected
+        session.peer = DicomPeer.objects.select_related("owner").filter(ae_title=event.assoc.requestor.ae_title.strip()).first()
+        session.looked_up = True
+    if session.peer is not None:
+        return session.peer.owner if session.peer.may(service) and session.peer.owner.is_active else None
+    return policy.unknown_owner if service == "store" else None
 
 
 class _Sessions:
@@ -140,34 +196,76 @@ def receive_ceiling() -> int:
     return limit + min(limit, ABORT_MARGIN)
 
 
-def build_ae(*, ae_title: str = DEFAULT_AE_TITLE) -> AE:
-    """An AE accepting every storage SOP class in TRANSFER_SYNTAXES, and Verification (C-ECHO).
+class KnownPeersAE(AE):
+    """An AE that accepts associations only from the AE titles of DicomPeer rows, read again for each association
+    (pynetdicom consults `require_calling_aet` while negotiating), so a peer added in the admin can connect at once."""
+
+    NOBODY = ["\x00"]  # an empty list would mean "anyone": no AE title is a NUL
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        from django.db import connection
+
+        try:
+            titles = list(DicomPeer.objects.values_list("ae_title", flat=True))
+        finally:
+            connection.close()  # the association thread has no other use for it yet
+        return titles or self.NOBODY
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        raise AttributeError("the known peers are the DicomPeer rows")
+
+
+def build_ae(*, ae_title: str = DEFAULT_AE_TITLE, policy: Policy | None = None) -> AE:
+    """An AE accepting Verification (C-ECHO) and every storage SOP class in TRANSFER_SYNTAXES; with a peers
+    policy also the Query/Retrieve SOP classes (FIND, MOVE, GET of Patient Root and Study Root), with the storage
+    contexts open to the requestor's SCP role (C-GET sends its instances back on the same association).
 
     Peers must call it by its AE title (`require_called_aet`): a modality configured for another
     node is refused at association time rather than filing its images here.
     """
-    ae = AE(ae_title=ae_title)
+    policy = policy or Policy()
+    ae = KnownPeersAE(ae_title=ae_title) if policy.peers and policy.unknown_owner is None else AE(ae_title=ae_title)
     ae.require_called_aet = True
-    for context in AllStoragePresentationContexts:
-        assert context.abstract_syntax is not None  # each names its storage SOP class
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    for sop_class in STORAGE_SOP_CLASSES:
+        if policy.peers:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        else:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
+    if policy.peers:
+        for sop_class in (*qr.FIND, *qr.MOVE, *qr.GET):
+            ae.add_supported_context(sop_class, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])
     return ae
 
 
-def start_server(*, owner, port: int = DEFAULT_PORT, ae_title: str = DEFAULT_AE_TITLE, host: str = "0.0.0.0", block: bool = True):
-    """Listen for C-STORE and C-ECHO on (host, port); everything received is catalogued for `owner`.
+def start_server(
+    *, owner=None, port: int = DEFAULT_PORT, ae_title: str = DEFAULT_AE_TITLE, host: str = "0.0.0.0", block: bool = True,
+    peers: bool = False,
+):  # fmt: skip
+    """Listen on (host, port). peers=False (`storescp`): C-STORE and C-ECHO from anyone, catalogued for `owner`.
+    peers=True (`dicomserver`): the known peers, with Query/Retrieve; `owner` (optional) takes unknown AEs' C-STOREs.
 
     With block=False, returns the running pynetdicom server (stop it with `stop_server`). With
     block=True, serves until KeyboardInterrupt, then stops cleanly and returns None.
     """
+    if not peers and owner is None:
+        raise ValueError("a receiver without peers stores for an owner")
+    policy = Policy(peers=peers, unknown_owner=owner)
     sessions = _Sessions()
     handlers: list[EventHandlerType] = [
-        (evt.EVT_C_STORE, handle_store, [owner, sessions]),
+        (evt.EVT_C_STORE, handle_store, [policy, sessions]),
         (evt.EVT_PDU_RECV, _guard_receive, [sessions]),
         (evt.EVT_ACCEPTED, _log_accepted, [sessions]),
     ]
-    server = build_ae(ae_title=ae_title).start_server((host, port), block=False, evt_handlers=handlers)
+    if peers:
+        handlers += [
+            (evt.EVT_C_FIND, handle_find, [policy, sessions, ae_title]),
+            (evt.EVT_C_GET, handle_get, [policy, sessions]),
+            (evt.EVT_C_MOVE, handle_move, [policy, sessions]),
+        ]
+    server = build_ae(ae_title=ae_title, policy=policy).start_server((host, port), block=False, evt_handlers=handlers)
     assert server is not None  # block=False returns the running server
     logger.info("dimse scp listening host=%s port=%d ae_title=%s", host, server.server_address[1], ae_title)
     if not block:
@@ -201,7 +299,7 @@ def stop_server(server, *, timeout: float = 60.0) -> None:
     logger.info("dimse scp stopped (%d association(s) closed)", len(associations))
 
 
-def handle_store(event, owner, sessions: _Sessions):
+def handle_store(event, policy: Policy, sessions: _Sessions):
     """EVT_C_STORE: stage the received data set as a Part-10 file, ingest it, answer with a status.
 
     Never raises: whatever goes wrong, the peer gets a failure status and the association stays up.
@@ -209,10 +307,15 @@ def handle_store(event, owner, sessions: _Sessions):
     session = sessions.get(event.assoc)
     token = request_id_var.set(f"dimse-{session.id}-{getattr(event.request, 'MessageID', 0) or 0}")
     calling_ae = event.assoc.requestor.ae_title
+    owner = None
     try:
         try:
             close_old_connections()
-            outcome = _store(event, owner)
+            owner = acting_for(event, policy, sessions, "store")
+            if owner is None:
+                outcome = StoreAnswer(NOT_AUTHORIZED, 403, "not_authorized", comment="this AE may not store here")
+            else:
+                outcome = _store(event, owner)
         except Exception:
             logger.exception("dimse c-store failed calling_ae=%s", calling_ae)
             outcome = StoreAnswer(PROCESSING_ERROR, 500, "server_error", comment="internal error")
@@ -360,3 +463,165 @@ def _log_accepted(event, sessions: _Sessions) -> None:
         "dimse association accepted session=%s calling_ae=%s address=%s",
         sessions.get(event.assoc).id, requestor.ae_title, requestor.address,
     )
+
+
+# --- Query/Retrieve (studies/qr.py decides what matches; these speak DIMSE) ----------------------------------------
+
+
+def _request_scope(event, sessions: _Sessions, service: str):
+    """The request id of a Q/R request's log lines and audit event (reset by the handler when it ends)."""
+    session = sessions.get(event.assoc)
+    return request_id_var.set(f"dimse-{session.id}-{getattr(event.request, 'MessageID', 0) or 0}")
+
+
+def handle_find(event, policy: Policy, sessions: _Sessions, ae_title: str):
+    """EVT_C_FIND: (0xFF00, identifier) per match, then pynetdicom's final Success; Cancel honoured between matches.
+
+    Audited once per request (`dimse-c-find`), with the number of matches as the log line's count."""
+    token = _request_scope(event, sessions, "find")
+    calling_ae = event.assoc.requestor.ae_title
+    user, status, matches, object_type, object_id = None, 500, 0, "", ""
+    try:
+        close_old_connections()
+        user = acting_for(event, policy, sessions, "find")
+        if user is None:
+            status = 403
+            yield NOT_AUTHORIZED, None
+            return
+        try:
+            request = qr.parse(event.identifier, qr.FIND[event.request.AffectedSOPClassUID])
+            object_type, object_id = qr.audited_object(request)
+            for answer in qr.find(user, request, ae_title=ae_title):
+                if event.is_cancelled:
+                    status = 200
+                    yield CANCEL, None
+                    return
+                matches += 1
+                yield PENDING, answer
+        except qr.QRFailure as refused:
+            status = 400
+            yield _failure(refused.status, refused.comment), None
+            return
+        status = 200
+    except Exception:
+        logger.exception("dimse c-find failed calling_ae=%s", calling_ae)
+        status = 500
+        yield _failure(qr.UNABLE_TO_PROCESS, "internal error"), None
+    finally:
+        _audit_request(event, user, "dimse-c-find", status, object_type, object_id)
+        logger.info("dimse c-find status=%d matches=%d calling_ae=%s", status, matches, calling_ae)
+        request_id_var.reset(token)
+        connections.close_all()
+
+
+def handle_get(event, policy: Policy, sessions: _Sessions):
+    """EVT_C_GET: the number of instances, then (0xFF00, data set) each; pynetdicom sends them back on this
+    association as C-STORE sub-operations and answers with the counts (Success, or Warning when some failed)."""
+    yield from _retrieve(event, policy, sessions, "get", qr.GET, destination=False)
+
+
+def handle_move(event, policy: Policy, sessions: _Sessions):
+    """EVT_C_MOVE: the destination (a known peer, else 0xA801), the number of instances, then each data set;
+    pynetdicom opens the association to the destination and sends them as C-STORE sub-operations."""
+    yield from _retrieve(event, policy, sessions, "move", qr.MOVE, destination=True)
+
+
+def _retrieve(event, policy: Policy, sessions: _Sessions, service: str, models: dict, *, destination: bool):
+    token = _request_scope(event, sessions, service)
+    calling_ae = event.assoc.requestor.ae_title
+    user, status, sent, object_type, object_id = None, 500, 0, "", ""
+    action = f"dimse-c-{service}"
+    try:
+        close_old_connections()
+        user = acting_for(event, policy, sessions, service)
+        target = None
+        if destination:
+            target = DicomPeer.objects.filter(ae_title=str(event.move_destination or "").strip()).first()
+            if target is None:
+                status = 404
+                yield None, None  # pynetdicom answers 0xA801 Refused: Move Destination unknown
+                return
+        found: list = []
+        refusal = None
+        if user is None:
+            status, refusal = 403, _failure(NOT_AUTHORIZED, f"this AE may not {service} here")
+        else:
+            try:
+                request = qr.parse(event.identifier, models[event.request.AffectedSOPClassUID])
+                object_type, object_id = qr.audited_object(request)
+                found = qr.instances(user, request)
+            except qr.QRFailure as refused:
+                status, refusal = 400, _failure(refused.status, refused.comment)
+        if destination:
+            assert target is not None
+            yield target.host, target.port, {"contexts": _storage_contexts(found) or [build_context(Verification)]}
+        if refusal is not None:
+            # pynetdicom sends a status only after the number of sub-operations (and, for C-MOVE, after connecting
+            # to the destination): the refusal is announced as one sub-operation, reported failed with its status.
+            yield 1
+            yield refusal, None
+            return
+        yield len(found)
+        status = 200
+        for instance in found:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            dataset = _stored_dataset(instance)
+            if dataset is None:
+                # pynetdicom counts a pending answer without a data set as one failed sub-operation and goes on.
+                yield PENDING, "the stored file cannot be read"
+                continue
+            sent += 1
+            yield PENDING, dataset
+    except Exception:
+        logger.exception("dimse c-%s failed calling_ae=%s", service, calling_ae)
+        status = 500
+        yield _failure(qr.UNABLE_TO_PROCESS, "internal error"), None
+    finally:
+        _audit_request(event, user, action, status, object_type, object_id)
+        logger.info("dimse c-%s status=%d instances=%d calling_ae=%s", service, status, sent, calling_ae)
+        request_id_var.reset(token)
+        connections.close_all()
+
+
+def _stored_dataset(instance):
+    """The stored file as a data set to send (None, logged, when storage has lost it or it no longer parses)."""
+    try:
+        with open_stored(instance) as handle:
+            return dcmread(handle)
+    except Exception:  # one unreadable file fails its own sub-operation only
+        logger.exception("dimse retrieve: stored file unreadable id=%s", instance.pk)
+        return None
+
+
+def _storage_contexts(instances) -> list:
+    """Presentation contexts for sending these instances: per SOP class, each stored transfer syntax and, for the
+    uncompressed ones, the other uncompressed syntaxes pynetdicom can re-encode to (at most 128 contexts)."""
+    uncompressed = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian]
+    by_class: dict[str, list[str]] = {}
+    for instance in instances:
+        syntaxes = by_class.setdefault(instance.sop_class_uid, [])
+        stored = instance.transfer_syntax_uid
+        for syntax in [stored, *(uncompressed if uid.UID(stored).is_transfer_syntax and not uid.UID(stored).is_compressed else [])]:
+            if syntax not in syntaxes:
+                syntaxes.append(syntax)
+    return [build_context(sop_class, syntaxes) for sop_class, syntaxes in list(by_class.items())[:128]]
+
+
+def _failure(status: int, comment: str) -> Dataset:
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = _error_comment(comment)
+    return answer
+
+
+def _audit_request(event, user, action: str, status: int, object_type: str, object_id: str) -> None:
+    outcome = "success" if status < 400 else "denied" if status == 403 else "not_found" if status == 404 else "refused" if status < 500 else "error"
+    try:
+        write_event(
+            user=user, action=action, method="DIMSE", object_type=object_type, object_id=object_id, outcome=outcome,
+            status=status, client_address=event.assoc.requestor.address, request_id=request_id_var.get(),
+        )  # fmt: skip
+    except Exception:
+        logger.exception("audit event could not be written")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -140,6 +141,50 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return self.sop_instance_uid
+
+
+def validate_ae_title(value: str) -> None:
+    """PS3.5 AE: 1-16 characters of the default repertoire, no backslash or control characters, not all spaces."""
+    from django.core.exceptions import ValidationError
+
+    if not value.strip() or len(value) > 16 or any(not (" " <= ch <= "~") or ch == "\\" for ch in value):
+        raise ValidationError("an AE title is 1 to 16 printable ASCII characters, without a backslash, not all spaces")
+
+
+class DicomPeer(models.Model):
+    """A remote DICOM node this service knows (PACS, workstation, router, modality): where it listens, whose
+    catalogue it acts on, and which services it may ask of `manage.py dicomserver`."""
+
+    ae_title = models.CharField("AE title", max_length=16, unique=True, validators=[validate_ae_title])
+    host = models.CharField(max_length=255, help_text="host name or address it listens on (the C-MOVE destination)")
+    port = models.PositiveIntegerField(help_text="its DICOM port (1-65535)", validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dicom_peers",
+        help_text="the user whose catalogue this peer stores into, searches and retrieves from",
+    )  # fmt: skip
+    may_store = models.BooleanField("may store (C-STORE)", default=False)
+    may_find = models.BooleanField("may search (C-FIND)", default=False)
+    may_move = models.BooleanField("may move (C-MOVE)", default=False)
+    may_get = models.BooleanField("may get (C-GET)", default=False)
+    description = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    SERVICES = ("store", "find", "move", "get")
+
+    class Meta:
+        ordering = ["ae_title"]
+        verbose_name = "DICOM peer"
+        constraints = [models.CheckConstraint(condition=models.Q(port__gte=1, port__lte=65535), name="dicompeer_port_range")]
+
+    def __str__(self) -> str:
+        return self.ae_title
+
+    def may(self, service: str) -> bool:
+        return bool(getattr(self, f"may_{service}"))
+
+    @property
+    def allowed(self) -> list[str]:
+        return [service for service in self.SERVICES if self.may(service)]
 
 
 # The audit trail's model lives with the rest of the audit unit; importing it here registers it in this app.
