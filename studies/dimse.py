@@ -44,6 +44,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 import threading
 import uuid
 import weakref
@@ -266,7 +267,10 @@ def start_server(
             (evt.EVT_C_MOVE, handle_move, [policy, sessions]),
         ]
     server = build_ae(ae_title=ae_title, policy=policy).start_server((host, port), block=False, evt_handlers=handlers)
-    assert server is not None  # block=False returns the running server
+    # pynetdicom writes a response in several small sends: with Nagle's algorithm and the peer's delayed ACK each
+    # C-FIND took ~90 ms (bench run dicom). Linux gives accepted sockets the listening socket's TCP_NODELAY.
+    assert server is not None and server.socket is not None  # block=False returns the running server
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     logger.info("dimse scp listening host=%s port=%d ae_title=%s", host, server.server_address[1], ae_title)
     if not block:
         return server
@@ -554,7 +558,8 @@ def _retrieve(event, policy: Policy, sessions: _Sessions, service: str, models: 
                 status, refusal = 400, _failure(refused.status, refused.comment)
         if destination:
             assert target is not None
-            yield target.host, target.port, {"contexts": _storage_contexts(found) or [build_context(Verification)]}
+            contexts = _storage_contexts(found) or [build_context(Verification)]
+            yield target.host, target.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _no_delay)]}
         if refusal is not None:
             # pynetdicom sends a status only after the number of sub-operations (and, for C-MOVE, after connecting
             # to the destination): the refusal is announced as one sub-operation, reported failed with its status.
@@ -583,6 +588,11 @@ def _retrieve(event, policy: Policy, sessions: _Sessions, service: str, models: 
         logger.info("dimse c-%s status=%d instances=%d calling_ae=%s", service, status, sent, calling_ae)
         request_id_var.reset(token)
         connections.close_all()
+
+
+def _no_delay(event) -> None:
+    """EVT_CONN_OPEN of the association to a C-MOVE destination: TCP_NODELAY, as on the server's own sockets."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _stored_dataset(instance):

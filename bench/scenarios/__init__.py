@@ -31,6 +31,7 @@ SCENARIOS = {
         Scenario("import", "import_dicom", "default"),
         Scenario("dicomweb", "dicomweb", "default"),
         Scenario("viewer", "viewer", "default"),
+        Scenario("dicom", "dicom", "default"),
         Scenario("scale", "scale", "long"),
         Scenario("memory", "memory", "long"),
         Scenario("load", "load", "long", ("--seconds", "120")),
