@@ -232,6 +232,11 @@ STORAGES = {
 
 # --- DICOM service -------------------------------------------------------------------
 DICOM_MAX_UPLOAD_BYTES = env_int("DICOM_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+# Outbound C-STORE ("send this study to AE X", studies/outbound.py): this node's calling AE title, the attempts per
+# instance (a refused association, no answer or 0xA7xx "out of resources" are tried again) and the wait between them.
+DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "DICOMSITE")
+DICOM_SEND_ATTEMPTS = env_int("DICOM_SEND_ATTEMPTS", 3, minimum=1)
+DICOM_SEND_RETRY_SECONDS = env_int("DICOM_SEND_RETRY_SECONDS", 10)
 DICOM_MAX_FRAME_PIXELS = env_int("DICOM_MAX_FRAME_PIXELS", 256 * 1024**2, minimum=1)
 DICOM_THUMBNAIL_SIZE = env_int("DICOM_THUMBNAIL_SIZE", 256, minimum=16)
 # Bulk work: zip archives are checked against these before anything is decompressed.

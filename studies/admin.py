@@ -19,10 +19,10 @@ from pydicom.uid import UID
 
 from dicomcore import rendering, tags
 
-from . import selectors, services
+from . import outbound, selectors, services
 from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
 from .http import viewer
-from .models import DicomPeer, Instance, Series, Study
+from .models import DicomPeer, DicomSend, Instance, Series, Study
 from .outcome import Outcome
 from .outcome import counts as status_counts
 from .uploads import as_staged
@@ -325,6 +325,47 @@ class StudyAdmin(LevelAdmin):
     @admin.display(description="Viewer")
     def open_in_viewer(self, obj):
         return viewer_link(obj.study_instance_uid)
+
+    def get_actions(self, request):
+        """Besides the usual ones, "Send to <AE>" for each DICOM peer this user may send to (studies/outbound.py)."""
+        actions = super().get_actions(request)
+        for peer in outbound.peers_for(request.user).order_by("ae_title")[:20]:
+            name = f"send_to_{peer.pk}"
+            actions[name] = (_send_action(peer.ae_title), name, f"Send to DICOM peer {peer.ae_title} ({peer.host}:{peer.port})")
+        return actions
+
+
+def _send_action(ae_title: str):
+    def send(modeladmin, request, queryset):
+        sends = [outbound.queue_send(request.user, study, ae_title) for study in queryset]
+        modeladmin.message_user(
+            request, f"{len(sends)} stud{'y' if len(sends) == 1 else 'ies'} queued for {ae_title}; see DICOM sends for the results",
+            messages.SUCCESS,
+        )  # fmt: skip
+
+    return send
+
+
+@admin.register(DicomSend)
+class DicomSendAdmin(admin.ModelAdmin):
+    """Sends of studies to DICOM peers, read-only: each one's state and a DIMSE status per instance."""
+
+    list_display = ("created_at", "ae_title", "study", "status", "instance_count", "sent_count", "failed_count", "owner")
+    list_filter = ("status", "ae_title")
+    readonly_fields = [f.name for f in DicomSend._meta.fields]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request).select_related("study", "owner")
+        return queryset if request.user.is_superuser else queryset.filter(owner=request.user)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
 
 
 @admin.register(Series)

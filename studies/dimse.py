@@ -558,7 +558,7 @@ def _retrieve(event, policy: Policy, sessions: _Sessions, service: str, models: 
                 status, refusal = 400, _failure(refused.status, refused.comment)
         if destination:
             assert target is not None
-            contexts = _storage_contexts(found) or [build_context(Verification)]
+            contexts = storage_contexts(found) or [build_context(Verification)]
             yield target.host, target.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _no_delay)]}
         if refusal is not None:
             # pynetdicom sends a status only after the number of sub-operations (and, for C-MOVE, after connecting
@@ -572,7 +572,7 @@ def _retrieve(event, policy: Policy, sessions: _Sessions, service: str, models: 
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            dataset = _stored_dataset(instance)
+            dataset = stored_dataset(instance)
             if dataset is None:
                 # pynetdicom counts a pending answer without a data set as one failed sub-operation and goes on.
                 yield PENDING, "the stored file cannot be read"
@@ -595,7 +595,7 @@ def _no_delay(event) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _stored_dataset(instance):
+def stored_dataset(instance):
     """The stored file as a data set to send (None, logged, when storage has lost it or it no longer parses)."""
     try:
         with open_stored(instance) as handle:
@@ -605,7 +605,7 @@ def _stored_dataset(instance):
         return None
 
 
-def _storage_contexts(instances) -> list:
+def storage_contexts(instances) -> list:
     """Presentation contexts for sending these instances: per SOP class, each stored transfer syntax and, for the
     uncompressed ones, the other uncompressed syntaxes pynetdicom can re-encode to (at most 128 contexts)."""
     uncompressed = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian]

@@ -82,3 +82,9 @@ class StorageFailure(ServiceError):
     status = 503
     code = "storage_unavailable"
     reason = Reason.STORAGE_FAILED
+
+
+class UnknownPeer(ServiceError):
+    """A send names an AE title that is not a DICOM peer this user may send to."""
+
+    code = "unknown_peer"

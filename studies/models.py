@@ -187,5 +187,34 @@ class DicomPeer(models.Model):
         return [service for service in self.SERVICES if self.may(service)]
 
 
+class DicomSend(models.Model):
+    """One "send this study to AE X" (outbound C-STORE, studies/outbound.py): what was asked, how far it got, and a
+    result per instance (`results`: [{"instance", "sop_instance_uid", "status", "attempts", "error"}])."""
+
+    QUEUED, RUNNING, DONE, PARTIAL, FAILED = "queued", "running", "done", "partial", "failed"
+    STATES = [(QUEUED, "queued"), (RUNNING, "running"), (DONE, "done"), (PARTIAL, "partly sent"), (FAILED, "failed")]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dicom_sends")
+    study = models.ForeignKey(Study, on_delete=models.SET_NULL, null=True, related_name="sends")
+    peer = models.ForeignKey(DicomPeer, on_delete=models.SET_NULL, null=True, related_name="sends")
+    ae_title = models.CharField("AE title", max_length=16)  # kept when the peer is removed
+    status = models.CharField(max_length=16, choices=STATES, default=QUEUED)
+    instance_count = models.PositiveIntegerField(default=0)
+    sent_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    results = models.JSONField(default=list)
+    error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "DICOM send"
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}: {self.status}"
+
+
 # The audit trail's model lives with the rest of the audit unit; importing it here registers it in this app.
 from .audit.models import AuditEvent  # noqa: E402, F401

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from .. import selectors
-from ..models import Instance, Series, Study
+from ..models import DicomSend, Instance, Series, Study
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -292,3 +292,19 @@ class TagLookupRowSerializer(serializers.Serializer):
 class TagLookupResultSerializer(serializers.Serializer):
     tags = serializers.ListField(child=serializers.CharField())
     results = TagLookupRowSerializer(many=True)
+
+
+class SendRequestSerializer(serializers.Serializer):
+    ae_title = serializers.CharField(max_length=16, help_text="the AE title of a DICOM peer (manage.py dicom_peer list)")
+
+
+class DicomSendSerializer(serializers.ModelSerializer):
+    """One send of a study to a DICOM peer: its state and a result per instance (DIMSE status as 0xNNNN)."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="send-detail")
+
+    class Meta:
+        model = DicomSend
+        fields = ["id", "url", "study", "ae_title", "status", "instance_count", "sent_count", "failed_count", "results", "error",
+                  "created_at", "finished_at"]  # fmt: skip
+        read_only_fields = fields

@@ -11,6 +11,7 @@ router.include_format_suffixes = False
 router.register("instances", views.InstanceViewSet, basename="instance")
 router.register("studies", views.StudyViewSet, basename="study")
 router.register("series", views.SeriesViewSet, basename="series")
+router.register("sends", views.SendViewSet, basename="send")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),

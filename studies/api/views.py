@@ -23,13 +23,14 @@ from rest_framework.response import Response
 
 from dicomcore import rendering, tags, zipstream
 
-from .. import bulk_upload, selectors, services
+from .. import bulk_upload, outbound, selectors, services
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.errors import error_response
 from ..http.images import image_response
 from ..http.status import HTTP_STATUS
+from ..models import DicomSend
 from ..outcome import Reason
 from ..outcome import counts as status_counts
 from ..uploads import as_staged
@@ -39,7 +40,9 @@ from .serializers import (
     BulkUploadResultSerializer,
     BulkUploadSerializer,
     ConflictSerializer,
+    DicomSendSerializer,
     InstanceSerializer,
+    SendRequestSerializer,
     SeriesDetailSerializer,
     SeriesSerializer,
     StudyDetailSerializer,
@@ -343,6 +346,40 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
 )
 class StudyViewSet(LevelViewSet):
     """Studies in your catalogue."""
+
+    @extend_schema(
+        summary="Send the study to a DICOM peer (C-STORE, in the background)",
+        description=(
+            "202: queued; follow `url` (GET /api/sends/{id}/) for its state and a DIMSE status per instance. "
+            "The peer is one of yours (`manage.py dicom_peer`), any one for staff; 400 `unknown_peer` otherwise."
+        ),
+        request=SendRequestSerializer,
+        responses={202: DicomSendSerializer, **errors(400, 401, 404)},
+    )
+    @action(detail=True, methods=["post"], url_path="send", parser_classes=[JSONParser])
+    def send(self, request, pk=None):
+        study = self.get_object()
+        body = SendRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        job = outbound.queue_send(request.user, study, body.validated_data["ae_title"])
+        data = DicomSendSerializer(job, context={"request": request}).data
+        return Response(data, status=202, headers={"Location": data["url"]})
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Your sends of studies to DICOM peers, newest first", responses={200: DicomSendSerializer, **errors(401, 404, e404="No such page.")}
+    ),
+    retrieve=extend_schema(summary="One send: its state and a result per instance", responses={200: DicomSendSerializer, **errors(401, 404)}),
+)
+class SendViewSet(viewsets.ReadOnlyModelViewSet):
+    """Sends of studies to DICOM peers (POST /api/studies/{id}/send/)."""
+
+    serializer_class = DicomSendSerializer
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        return DicomSend.objects.filter(owner=self.request.user)
 
 
 @extend_schema_view(

@@ -44,6 +44,7 @@ E2E_MODULES = {
     "test_readme.py": "the README's tour in bash against runserver on a fresh database (4 s)",
     "test_two_servers.py": "two gunicorn app servers on one PostgreSQL, one SeaweedFS bucket and one Redis",
     "test_dicom_node.py": "the DICOM node's associations with dcmtk findscu/getscu/movescu/storescp and pynetdicom (23 s)",
+    "test_dicom_send.py": "outbound C-STORE to dcmtk's storescp and pynetdicom Storage SCPs (4 s)",
 }
 SLOW_MODULES = {
     "test_rendering_reference.py": "every corpus file rendered by the service and by dcmtk (6 s)",
