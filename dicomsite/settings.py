@@ -237,6 +237,9 @@ DICOM_MAX_UPLOAD_BYTES = env_int("DICOM_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "DICOMSITE")
 DICOM_SEND_ATTEMPTS = env_int("DICOM_SEND_ATTEMPTS", 3, minimum=1)
 DICOM_SEND_RETRY_SECONDS = env_int("DICOM_SEND_RETRY_SECONDS", 10)
+# Sends as jobs of the RQ queue `dicom` (needs REDIS_URL and a `manage.py rqworker dicom`), so that they survive the
+# web worker that queued them; off: a thread of that worker runs each send (a clean exit waits for it).
+DICOM_SEND_QUEUE = env_bool("DICOM_SEND_QUEUE", False)
 DICOM_MAX_FRAME_PIXELS = env_int("DICOM_MAX_FRAME_PIXELS", 256 * 1024**2, minimum=1)
 DICOM_THUMBNAIL_SIZE = env_int("DICOM_THUMBNAIL_SIZE", 256, minimum=16)
 # Bulk work: zip archives are checked against these before anything is decompressed.
@@ -345,6 +348,8 @@ if not all(v.isascii() and v.isdigit() for v in _intervals):
 DICOM_PRERENDER_RETRY_INTERVALS = [int(v) for v in _intervals]
 RQ_QUEUES = {
     "prerender": {"URL": RQ_REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": env_int("DICOM_PRERENDER_TIMEOUT", 300, minimum=1)},
+    # Sends of studies to DICOM peers, with DICOM_SEND_QUEUE=1 (`manage.py rqworker dicom`); else a thread each.
+    "dicom": {"URL": RQ_REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": 3600},
 }
 RQ_SHOW_ADMIN_LINK = False
 

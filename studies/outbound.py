@@ -1,8 +1,8 @@
 """Outbound C-STORE: "send this study to AE X" (the API's POST /api/studies/{id}/send/, the admin's study action).
 
-`queue_send` records a DicomSend and runs it in the background: an RQ job on the `dicom` queue when REDIS_URL is
-set (`manage.py rqworker dicom`, the queue of the pre-render jobs), else a thread of this process (not a daemon:
-a clean exit waits for it). `run_send` opens one association to the peer per attempt, sends every instance not yet
+`queue_send` records a DicomSend and runs it in the background: with DICOM_SEND_QUEUE (and REDIS_URL) an RQ job
+on the `dicom` queue (`manage.py rqworker dicom`, beside the pre-render jobs), else a thread of this process (not a
+daemon: a clean exit waits for it). `run_send` opens one association to the peer per attempt, sends every instance not yet
 stored there, and records each instance's status. An instance is tried again (DICOM_SEND_ATTEMPTS in all, every
 DICOM_SEND_RETRY_SECONDS) when the association failed, the peer did not answer, or answered 0xA7xx (out of
 resources); any other failure status is the peer's final word. One audit event per send (`dicom-send`).
@@ -47,7 +47,7 @@ def queue_send(user, study: Study, ae_title: str) -> DicomSend:
 
 
 def _start(send_id: str) -> None:
-    if settings.REDIS_URL:
+    if settings.DICOM_SEND_QUEUE and settings.REDIS_URL:
         try:
             import django_rq
 

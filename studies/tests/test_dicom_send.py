@@ -154,3 +154,36 @@ def test_the_admin_action_sends_the_selected_studies(client, owner, pacs):
     assert (send.status, send.sent_count) == ("done", 2)
     assert sorted(peer.received) == sorted(Instance.objects.values_list("sop_instance_uid", flat=True))
     assert client.get(f"/admin/studies/dicomsend/{send.pk}/change/").status_code == 200
+
+
+def test_with_the_queue_a_send_is_an_rq_job_holding_only_its_id_and_a_worker_runs_it(owner, pacs, settings):
+    """DICOM_SEND_QUEUE on Redis db 12: the send waits as a job of the `dicom` queue; an RQ worker (in this process,
+    burst mode: the test database is this process's) then sends it."""
+    import redis
+    from rq import Queue, SimpleWorker
+
+    connection = redis.Redis.from_url("redis://127.0.0.1:6379/12", socket_connect_timeout=2)
+    try:
+        connection.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
+    connection.flushdb()
+    settings.REDIS_URL, settings.DICOM_SEND_QUEUE = "redis://127.0.0.1:6379/12", True
+    settings.RQ_QUEUES = {"dicom": {"URL": "redis://127.0.0.1:6379/12", "DEFAULT_TIMEOUT": 300}}
+    try:
+        peer = pacs()
+        add_peer(owner, peer.port)
+        study = study_of(owner)
+        client = client_for(owner)
+        url = client.post(f"/api/studies/{study.pk}/send/", {"ae_title": "PACS"}, format="json").json()["url"]
+        queue = Queue("dicom", connection=connection)
+        [job] = queue.get_jobs()
+        send = DicomSend.objects.get()
+        assert job.args == (str(send.pk),) and not job.kwargs
+        assert client.get(url).json()["status"] == "queued"
+        SimpleWorker([queue], connection=connection).work(burst=True)
+        assert client.get(url).json()["status"] == "done"
+        assert len(peer.received) == 2
+    finally:
+        connection.flushdb()
+        connection.close()
