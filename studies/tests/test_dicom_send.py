@@ -5,6 +5,7 @@ Storage SCP on a free port whose answers the test chooses (to cause a peer's ref
 from __future__ import annotations
 
 import io
+import signal
 import time
 
 import pydicom
@@ -181,7 +182,12 @@ def test_with_the_queue_a_send_is_an_rq_job_holding_only_its_id_and_a_worker_run
         send = DicomSend.objects.get()
         assert job.args == (str(send.pk),) and not job.kwargs
         assert client.get(url).json()["status"] == "queued"
-        SimpleWorker([queue], connection=connection).work(burst=True)
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            SimpleWorker([queue], connection=connection).work(burst=True)
+        finally:  # the worker installs its own; later tests send this process a real SIGINT
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         assert client.get(url).json()["status"] == "done"
         assert len(peer.received) == 2
     finally:
