@@ -62,3 +62,32 @@ def test_no_table_for_min_max_sigmoid_or_frames_with_more_values_than_a_table_sa
     assert rendering._grey_lookup_table(flat, ds, RenderOptions(), "MONOCHROME2") is None  # min-max: no window
     assert rendering._grey_lookup_table(flat, ds, RenderOptions(preset="minmax"), "MONOCHROME2") is None
     assert rendering._grey_lookup_table(flat, ds, RenderOptions(window=Window(0.0, 100.0, "SIGMOID")), "MONOCHROME2") is None
+
+
+def test_decoding_from_the_header_already_read_gives_pixel_arrays_frames_on_the_whole_corpus():
+    """rendering._decode_at (pydicom's decoder fed the options of the header read once) against pixel_array(file)
+    (which reads the header again): the same array, dtype and all, for the first and last frame of every file both
+    can decode; where pixel_array fails, decode_frame falls back to it, so only agreement matters here."""
+    compared = 0
+    for path in sorted(p for root in (PYDICOM_TEST_FILES, pydicom_data_dir()) for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        try:
+            ds = rendering.read_attributes(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - no pixels or unreadable: nothing to decode
+            continue
+        at = getattr(ds, "_pixel_element_at", None)
+        if at is None:
+            continue
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1) if str(ds.get("NumberOfFrames", "1")).strip().isdigit() else 1
+        for frame in sorted({0, frames - 1}):
+            try:
+                expected = rendering._decode_frame(io.BytesIO(data), frame)
+            except BaseException:  # noqa: BLE001 - codecs raise anything (pyo3 panics too)
+                continue
+            try:
+                got = rendering._decode_at(io.BytesIO(data), ds, frame, at)
+            except BaseException:  # noqa: BLE001 - decode_frame then uses pixel_array: same result by construction
+                continue
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), (path.name, frame)
+            compared += 1
+    assert compared >= 150, compared
