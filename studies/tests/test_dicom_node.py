@@ -481,3 +481,35 @@ def test_the_peers_are_managed_in_the_admin(client, superuser, owner):
     assert refused.status_code == 200 and not DicomPeer.objects.filter(ae_title="X").exists()
 
 
+
+
+def test_c_get_is_cancelled_between_sub_operations(node, owner):
+    """A C-CANCEL sent when the first instance arrives: the node stops before the last (0xFE00), counts say so."""
+    peer(owner)
+    first = stored(owner)
+    for _ in range(29):
+        stored(owner, study=first.StudyInstanceUID, series=first.SeriesInstanceUID)
+    received = []
+    ae = AE(ae_title=PEER)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+
+    def on_store(event):
+        received.append(event.dataset.SOPInstanceUID)
+        if len(received) == 1:
+            event.assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelGet)
+        return 0x0000
+
+    assoc = ae.associate("127.0.0.1", node, ae_title=NODE, ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_get(query(QueryRetrieveLevel="STUDY", StudyInstanceUID=first.StudyInstanceUID),
+                                          StudyRootQueryRetrieveInformationModelGet, msg_id=9))  # fmt: skip
+    finally:
+        assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0xFE00
+    assert 1 <= len(received) < 30
+    assert int(final.NumberOfCompletedSuboperations) == len(received)
+    assert int(final.NumberOfRemainingSuboperations) == 30 - len(received)
