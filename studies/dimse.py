@@ -472,7 +472,7 @@ def _log_accepted(event, sessions: _Sessions) -> None:
 # --- Query/Retrieve (studies/qr.py decides what matches; these speak DIMSE) ----------------------------------------
 
 
-def _request_scope(event, sessions: _Sessions, service: str):
+def _request_scope(event, sessions: _Sessions):
     """The request id of a Q/R request's log lines and audit event (reset by the handler when it ends)."""
     session = sessions.get(event.assoc)
     return request_id_var.set(f"dimse-{session.id}-{getattr(event.request, 'MessageID', 0) or 0}")
@@ -482,7 +482,7 @@ def handle_find(event, policy: Policy, sessions: _Sessions, ae_title: str):
     """EVT_C_FIND: (0xFF00, identifier) per match, then pynetdicom's final Success; Cancel honoured between matches.
 
     Audited once per request (`dimse-c-find`), with the number of matches as the log line's count."""
-    token = _request_scope(event, sessions, "find")
+    token = _request_scope(event, sessions)
     calling_ae = event.assoc.requestor.ae_title
     user, status, matches, object_type, object_id = None, 500, 0, "", ""
     try:
@@ -531,7 +531,7 @@ def handle_move(event, policy: Policy, sessions: _Sessions):
 
 
 def _retrieve(event, policy: Policy, sessions: _Sessions, service: str, models: dict, *, destination: bool):
-    token = _request_scope(event, sessions, service)
+    token = _request_scope(event, sessions)
     calling_ae = event.assoc.requestor.ae_title
     user, status, sent, object_type, object_id = None, 500, 0, "", ""
     action = f"dimse-c-{service}"

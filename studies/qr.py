@@ -106,6 +106,7 @@ def _query_params(identifier: Dataset, level: str) -> tuple[list[tuple[str, str]
     """QIDO-RS parameters for the identifier's matching keys (and its return keys as includefield), and the
     elements the answers must carry."""
     params, include, wanted = [], [], []
+    levels = web.LEVELS[: web.LEVELS.index(level) + 1]
     for elem in identifier:
         if elem.tag in CONTROL_TAGS or elem.tag.is_private or elem.tag.group == 0x0002:
             continue
@@ -113,7 +114,6 @@ def _query_params(identifier: Dataset, level: str) -> tuple[list[tuple[str, str]
         tag = f"{int(elem.tag):08X}"
         value = "" if elem.VR == "SQ" else _text(elem.value)
         attribute = web.BY_TAG.get(tag)
-        levels = web.LEVELS[: web.LEVELS.index(level) + 1]
         if value and attribute is not None and attribute.level in levels and tag not in web.NOT_MATCHABLE:
             params.append((tag, value))
         else:

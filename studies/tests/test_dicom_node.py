@@ -33,20 +33,12 @@ from studies.models import AuditEvent, DicomPeer, Instance, Study
 
 from .conftest import CT_SMALL, PYDICOM_TEST_FILES, client_for, dicom_bytes, pydicom_data_dir, stored_bytes, upload
 from .processes import free_port
-from .test_storescp import dcmtk, dcmtk_tool
+from .test_storescp import dcmtk, dcmtk_tool, staging  # noqa: F401 - staging: autouse here too
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 NODE = "DICOMSITE"
 PEER = "WORKSTATION"
-
-
-@pytest.fixture(autouse=True)
-def staging(settings, tmp_path) -> Path:
-    folder = tmp_path / "staging"
-    folder.mkdir()
-    settings.FILE_UPLOAD_TEMP_DIR = str(folder)
-    return folder
 
 
 def peer(owner, ae_title: str = PEER, *, port: int = 104, allow: str = "store,find,move,get") -> DicomPeer:

@@ -12,14 +12,12 @@ allowed to it. C-MOVE sends only to a known peer (its host and port). Ctrl-C or 
 from __future__ import annotations
 
 import logging
-import signal
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
 
 from ... import dimse
-from .. import logger_level
+from .. import logger_level, serve_dicom
 
 
 class Command(BaseCommand):
@@ -47,26 +45,8 @@ class Command(BaseCommand):
                 owner = get_user_model().objects.get(username=unknown_owner)
             except get_user_model().DoesNotExist:
                 raise CommandError(f"no user named '{unknown_owner}'") from None
-        connections.close_all()
-        if not 0 <= port <= 65535:
-            raise CommandError("--port must be between 0 and 65535")
-        try:
-            server = dimse.start_server(owner=owner, port=port, ae_title=ae_title, host=host, block=False, peers=True)
-        except ValueError as exc:
-            raise CommandError(f"invalid --ae-title: {exc}") from None
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        bound_host, bound_port = server.server_address[:2]
         unknown = f"C-STOREs of unknown AEs for '{owner.get_username()}'" if owner else "unknown AEs refused"
-        self.stdout.write(self.style.SUCCESS(f"DICOM node {ae_title} on {bound_host}:{bound_port}: known peers, {unknown} (Ctrl-C stops)"))
-        self.stdout.flush()
-        try:
-            dimse.serve_until_interrupted(server)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        self.stdout.write("Stopped.")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+        serve_dicom(
+            self, port=port, host=host, owner=owner, ae_title=ae_title, peers=True,
+            banner=lambda h, p: f"DICOM node {ae_title} on {h}:{p}: known peers, {unknown} (Ctrl-C stops)",
+        )  # fmt: skip

@@ -12,14 +12,12 @@ being catalogued finish, so only whole records are left.
 from __future__ import annotations
 
 import logging
-import signal
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
 
 from ... import dimse
-from .. import logger_level
+from .. import logger_level, serve_dicom
 
 
 class Command(BaseCommand):
@@ -45,32 +43,7 @@ class Command(BaseCommand):
             user = get_user_model().objects.get(username=owner)
         except get_user_model().DoesNotExist:
             raise CommandError(f"no user named '{owner}'") from None
-        connections.close_all()  # this thread only waits from here on; association threads open their own
-        if not 0 <= port <= 65535:
-            raise CommandError("--port must be between 0 and 65535")
-        try:
-            server = dimse.start_server(owner=user, port=port, ae_title=ae_title, host=host, block=False)
-        except ValueError as exc:  # pynetdicom refuses an invalid AE title
-            raise CommandError(f"invalid --ae-title: {exc}") from None
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-        # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        bound_host, bound_port = server.server_address[:2]
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Listening on {bound_host}:{bound_port} as AE title {ae_title}, "
-                f"storing for '{user.get_username()}' (Ctrl-C stops)"
-            )
-        )
-        self.stdout.flush()
-        try:
-            dimse.serve_until_interrupted(server)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        self.stdout.write("Stopped.")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+        serve_dicom(
+            self, port=port, host=host, owner=user, ae_title=ae_title,
+            banner=lambda h, p: f"Listening on {h}:{p} as AE title {ae_title}, storing for '{user.get_username()}' (Ctrl-C stops)",
+        )  # fmt: skip
