@@ -216,5 +216,29 @@ class DicomSend(models.Model):
         return f"{self.ae_title}: {self.status}"
 
 
+class Deidentification(models.Model):
+    """One de-identified copy (studies/deidentify.py): what it was made from, what it made, with which options.
+
+    `uid_map` ({original UID: new UID}) is kept only when the caller asked for it, and shown only to its owner.
+    Sources and results may be deleted later: the ids stay as text so that the record still says what happened."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deidentifications")
+    source_level = models.CharField(max_length=8, default="study")  # study, series, or files (manage.py deidentify)
+    source_id = models.CharField(max_length=64, blank=True)
+    result_study = models.ForeignKey(Study, on_delete=models.SET_NULL, null=True, blank=True, related_name="deidentified_from")
+    delivered_as = models.CharField(max_length=8, default="catalogue")  # catalogue, zip or folder
+    options = models.JSONField(default=dict)
+    instance_count = models.PositiveIntegerField(default=0)
+    uid_map = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"de-identified {self.source_level} {self.source_id}"
+
+
 # The audit trail's model lives with the rest of the audit unit; importing it here registers it in this app.
 from .audit.models import AuditEvent  # noqa: E402, F401

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from .. import selectors
-from ..models import DicomSend, Instance, Series, Study
+from ..models import Deidentification, DicomSend, Instance, Series, Study
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -111,16 +111,12 @@ class InstanceSerializer(BuiltOnceFields, serializers.ModelSerializer):
         ]  # fmt: skip
         read_only_fields = fields
 
-    @extend_schema_field(
-        {"type": "object", "properties": {"backend": {"type": "string"}, "key": {"type": "string"}}}
-    )
+    @extend_schema_field({"type": "object", "properties": {"backend": {"type": "string"}, "key": {"type": "string"}}})
     def get_storage(self, obj: Instance) -> dict:
         backend = obj.file.storage.__class__  # default_storage is a lazy proxy: __class__ names the real backend
         return {"backend": f"{backend.__module__}.{backend.__name__}", "key": obj.file.name}
 
-    @extend_schema_field(
-        {"type": "object", "additionalProperties": {"type": "string", "format": "uri"}}
-    )
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "string", "format": "uri"}})
     def get_links(self, obj: Instance) -> dict:
         links = {
             "file": _cached_link(self.context, "instance-file", obj.pk),
@@ -307,4 +303,52 @@ class DicomSendSerializer(serializers.ModelSerializer):
         model = DicomSend
         fields = ["id", "url", "study", "ae_title", "status", "instance_count", "sent_count", "failed_count", "results", "error",
                   "created_at", "finished_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class DeidentifyRequestSerializer(serializers.Serializer):
+    """The choices of a de-identification (PS3.15 Annex E): the Basic Profile always, plus these options."""
+
+    retain_modified_dates = serializers.BooleanField(
+        default=False, help_text="Retain Longitudinal Temporal Information with Modified Dates (113107): dates move back by a per-patient number of days"
+    )
+    retain_patient_characteristics = serializers.BooleanField(default=False, help_text="Retain Patient Characteristics (113108): sex, age, size, weight...")
+    retain_device_identity = serializers.BooleanField(default=False, help_text="Retain Device Identity (113109): station, serial numbers...")
+    clean_descriptors = serializers.BooleanField(
+        default=False, help_text="Clean Descriptors (113105): study, series and other descriptions kept without the identifying values found in the file"
+    )
+    retain_uids = serializers.BooleanField(default=False, help_text="Retain UIDs (113110): keep the original UIDs (off by default)")
+    project_secret = serializers.CharField(
+        required=False, allow_blank=False, min_length=16, max_length=256, write_only=True,
+        help_text="the same secret gives the same new UIDs, pseudonyms and date shifts across requests (never stored)",
+    )  # fmt: skip
+    keep_mapping = serializers.BooleanField(default=False, help_text="keep the original -> new UID map, readable by you only")
+    confirm_burned_in = serializers.BooleanField(default=False, help_text="you checked: no image shows identity in its pixels")
+    masks = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=65535), min_length=4, max_length=4),
+        required=False, max_length=64,
+        help_text="rectangles [x, y, width, height] in pixels set to 0 in every frame of every image (Clean Pixel Data, 113101)",
+    )  # fmt: skip
+
+    def choices(self):
+        """The validated body as deidentify.Choices."""
+        from dicomcore.deid import OPTIONS, Rect
+
+        from ..deidentify import Choices
+
+        data = self.validated_data
+        return Choices(
+            options=frozenset(o for o in OPTIONS if data.get(o)), masks=tuple(Rect(*m) for m in data.get("masks", [])),
+            secret=data.get("project_secret", ""), keep_mapping=data["keep_mapping"], confirm_burned_in=data["confirm_burned_in"],
+        )  # fmt: skip
+
+
+class DeidentificationSerializer(serializers.ModelSerializer):
+    """One de-identified copy: its source, its result, the options, and the UID map when you asked to keep it."""
+
+    url = serializers.HyperlinkedIdentityField(view_name="deidentification-detail")
+
+    class Meta:
+        model = Deidentification
+        fields = ["id", "url", "source_level", "source_id", "result_study", "delivered_as", "options", "instance_count", "uid_map", "created_at"]
         read_only_fields = fields

@@ -12,6 +12,7 @@ router.register("instances", views.InstanceViewSet, basename="instance")
 router.register("studies", views.StudyViewSet, basename="study")
 router.register("series", views.SeriesViewSet, basename="series")
 router.register("sends", views.SendViewSet, basename="send")
+router.register("deidentifications", views.DeidentificationViewSet, basename="deidentification")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),

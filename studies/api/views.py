@@ -11,6 +11,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import FileResponse, StreamingHttpResponse
+from django.urls import reverse
 from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -23,14 +24,14 @@ from rest_framework.response import Response
 
 from dicomcore import rendering, tags, zipstream
 
-from .. import bulk_upload, outbound, selectors, services
+from .. import bulk_upload, deidentify, outbound, selectors, services
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.errors import error_response
 from ..http.images import image_response
 from ..http.status import HTTP_STATUS
-from ..models import DicomSend
+from ..models import Deidentification, DicomSend
 from ..outcome import Reason
 from ..outcome import counts as status_counts
 from ..uploads import as_staged
@@ -40,6 +41,8 @@ from .serializers import (
     BulkUploadResultSerializer,
     BulkUploadSerializer,
     ConflictSerializer,
+    DeidentificationSerializer,
+    DeidentifyRequestSerializer,
     DicomSendSerializer,
     InstanceSerializer,
     SendRequestSerializer,
@@ -61,7 +64,9 @@ IMAGE_PARAMETERS = [
     OpenApiParameter("frame", int, description="1-based frame number (default 1); out of range → 400"),
     OpenApiParameter("window", str, description="center,width[,linear|linear-exact|sigmoid], e.g. 40,400"),
     OpenApiParameter(
-        "preset", str, enum=list(rendering.PRESET_NAMES),
+        "preset",
+        str,
+        enum=list(rendering.PRESET_NAMES),
         description="Named window: lung -600/1500, bone 400/1800, brain 40/80, soft-tissue 50/400, abdomen 60/400; "
         "minmax (the frame's range); default (the file's own VOI).",
     ),
@@ -164,9 +169,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
             raise UploadTooLarge(settings.DICOM_MAX_UPLOAD_BYTES)
         files = request.FILES.getlist("file")
         if not files:
-            raise MissingFile(
-                "no file: send it as multipart field 'file' or as the body with Content-Type: application/dicom"
-            )
+            raise MissingFile("no file: send it as multipart field 'file' or as the body with Content-Type: application/dicom")
         if len(files) > 1:
             raise InvalidUpload("send one file per request (multipart field 'file' appears more than once)")
         outcome = services.ingest(owner=request.user, staged=as_staged(files[0]))
@@ -218,15 +221,13 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
             handle = instance.file.open("rb")
         except OSError:
             raise ServiceError("the stored file is missing; an administrator has to restore it") from None
-        return FileResponse(
-            handle, as_attachment=True, filename=f"{instance.sop_instance_uid}.dcm", content_type="application/dicom"
-        )
+        return FileResponse(handle, as_attachment=True, filename=f"{instance.sop_instance_uid}.dcm", content_type="application/dicom")
 
     @extend_schema(
         summary="Header: all elements, or one by expression",
         description=(
             "Without `tag`: the whole header as DICOM JSON (PS3.18 Annex F). Pixel Data and values over 1 KiB "
-            "appear as `{\"vr\", \"BulkData\": {\"length\", ...}}` instead of inline bytes. "
+            'appear as `{"vr", "BulkData": {"length", ...}}` instead of inline bytes. '
             "With `tag`: the one element it names (see the `/tags/{expr}/` route)."
         ),
         parameters=[OpenApiParameter("tag", str, description="Tag expression, e.g. (0010,0010), 00100010, PatientName")],
@@ -338,6 +339,48 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
         obj = self.get_object()
         return _archive_response(obj.instances.all(), f"{self.level}-{getattr(obj, self.uid_field)}.zip")
 
+    @extend_schema(
+        summary="Make a de-identified copy (PS3.15 Annex E): a new study in your catalogue, or a zip",
+        description=(
+            "The Basic Application Level Confidentiality Profile, with the options chosen in the body. 201: the copy's "
+            "record, its new study and a row per file (`source` id -> new `id`). `?as=zip` streams the de-identified "
+            "files as a zip instead (the record's id in `X-Deidentification-ID`). 422 `burned_in_annotation` lists "
+            "the images that may show identity in their pixels (Burned In Annotation YES, or ultrasound and secondary "
+            "capture without it) unless `masks` or `confirm_burned_in`; 422 `cannot_deidentify` names a file that "
+            "cannot be de-identified as asked. The original is never changed."
+        ),
+        request=DeidentifyRequestSerializer,
+        parameters=[OpenApiParameter("as", str, enum=["catalogue", "zip"], description="zip: stream the copy instead of storing it")],
+        responses={201: DeidentificationSerializer, (200, "application/zip"): OpenApiTypes.BINARY, **errors(400, 401, 404, 409, 422, e422="Burned-in text, or a file that cannot be de-identified as asked.")},
+    )
+    @action(detail=True, methods=["post"], url_path="deidentify", parser_classes=[JSONParser],
+            content_negotiation_class=FirstRendererNegotiation)  # fmt: skip
+    def deidentify(self, request, pk=None):
+        obj = self.get_object()
+        body = DeidentifyRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        delivery = (request.query_params.get("as") or "catalogue").lower()
+        if delivery not in ("catalogue", "zip"):
+            raise InvalidParameter(f"as must be zip or catalogue, not '{delivery[:20]}'")
+        instances = list(obj.instances.select_related("series").order_by("series__series_number", "series_id", "instance_number", "id"))
+        job = {"user": request.user, "level": self.level, "source_id": str(obj.pk), "instances": instances, "choices": body.choices()}
+        if delivery == "zip":
+            record, chunks = deidentify.zip_stream(**job)
+            response = StreamingHttpResponse(chunks, content_type="application/zip")
+            response["Content-Disposition"] = content_disposition_header(True, f"deidentified-{record.pk}.zip")
+            response["Cache-Control"] = "private, no-store"
+            response["X-Deidentification-ID"] = str(record.pk)
+            return response
+        result = deidentify.to_catalogue(**job)
+        data = DeidentificationSerializer(result.record, context={"request": request}).data
+        study = result.study
+        data["study"] = None if study is None else {
+            "id": str(study.pk), "study_instance_uid": study.study_instance_uid,
+            "url": request.build_absolute_uri(reverse("study-detail", args=[study.pk])),
+        }  # fmt: skip
+        data["results"] = result.rows
+        return Response(data, status=201, headers={"Location": data["url"]})
+
 
 @extend_schema_view(
     list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401, 404, e404="No such page.")}),
@@ -372,6 +415,20 @@ class StudyViewSet(LevelViewSet):
     ),
     retrieve=extend_schema(summary="One send: its state and a result per instance", responses={200: DicomSendSerializer, **errors(401, 404)}),
 )
+@extend_schema_view(
+    list=extend_schema(summary="Your de-identified copies, newest first", responses={200: DeidentificationSerializer, **errors(401, 404, e404="No such page.")}),
+    retrieve=extend_schema(summary="One de-identified copy (with its UID map, if you kept it)", responses={200: DeidentificationSerializer, **errors(401, 404)}),
+)
+class DeidentificationViewSet(viewsets.ReadOnlyModelViewSet):
+    """Your de-identified copies (POST /api/studies/{id}/deidentify/ and /api/series/{id}/deidentify/)."""
+
+    serializer_class = DeidentificationSerializer
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        return Deidentification.objects.filter(owner=self.request.user)
+
+
 class SendViewSet(viewsets.ReadOnlyModelViewSet):
     """Sends of studies to DICOM peers (POST /api/studies/{id}/send/)."""
 
@@ -417,5 +474,3 @@ class TokenView(ObtainAuthToken):
     @extend_schema(summary="Get an API token", responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}, **errors(400)})
     def post(self, request, *args, **kwargs):
         return super().post(request, *args, **kwargs)
-
-
