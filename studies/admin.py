@@ -19,10 +19,11 @@ from pydicom.uid import UID
 
 from dicomcore import rendering, tags
 
-from . import outbound, selectors, services
+from . import deidentify, outbound, selectors, services
 from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
+from .errors import ServiceError
 from .http import viewer
-from .models import DicomPeer, DicomSend, Instance, Series, Study
+from .models import Deidentification, DicomPeer, DicomSend, Instance, Series, Study
 from .outcome import Outcome
 from .outcome import counts as status_counts
 from .uploads import as_staged
@@ -326,6 +327,16 @@ class StudyAdmin(LevelAdmin):
     def open_in_viewer(self, obj):
         return viewer_link(obj.study_instance_uid)
 
+    actions = ["deidentify_basic", "deidentify_modified_dates"]
+
+    @admin.action(description="De-identify a copy into my catalogue (PS3.15 Basic Profile)")
+    def deidentify_basic(self, request, queryset):
+        _deidentify_studies(self, request, queryset, deidentify.Choices())
+
+    @admin.action(description="De-identify a copy into my catalogue (Basic Profile, dates shifted per patient)")
+    def deidentify_modified_dates(self, request, queryset):
+        _deidentify_studies(self, request, queryset, deidentify.Choices(options=frozenset({"retain_modified_dates"})))
+
     def get_actions(self, request):
         """Besides the usual ones, "Send to <AE>" for each DICOM peer this user may send to (studies/outbound.py)."""
         actions = super().get_actions(request)
@@ -333,6 +344,47 @@ class StudyAdmin(LevelAdmin):
             name = f"send_to_{peer.pk}"
             actions[name] = (_send_action(peer.ae_title), name, f"Send to DICOM peer {peer.ae_title} ({peer.host}:{peer.port})")
         return actions
+
+
+def _deidentify_studies(modeladmin, request, queryset, choices) -> None:
+    """One de-identified copy per study (studies/deidentify.py), owned by the admin user; refusals say why."""
+    made = 0
+    for study in queryset:
+        instances = list(study.instances.select_related("series").order_by("series__series_number", "instance_number", "id"))
+        try:
+            deidentify.to_catalogue(user=request.user, level="study", source_id=str(study.pk), instances=instances, choices=choices)
+        except ServiceError as exc:
+            files = exc.extra.get("files") or []
+            detail = f" ({files[0]['reason']})" if files else ""
+            modeladmin.message_user(request, f"Study {study.pk}: not de-identified: {exc.message}{detail}", messages.ERROR)
+            continue
+        made += 1
+    if made:
+        modeladmin.message_user(
+            request, f"{made} de-identified cop{'y' if made == 1 else 'ies'} made; see De-identifications", messages.SUCCESS
+        )
+
+
+@admin.register(Deidentification)
+class DeidentificationAdmin(admin.ModelAdmin):
+    """De-identified copies, read-only: source, result, options (the UID map only for its owner)."""
+
+    list_display = ("created_at", "source_level", "source_id", "result_study", "delivered_as", "instance_count", "owner")
+    list_filter = ("delivered_as", "source_level")
+    readonly_fields = [f.name for f in Deidentification._meta.fields if f.name != "uid_map"]
+    exclude = ["uid_map"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("result_study", "owner").filter(owner=request.user)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
 
 
 def _send_action(ae_title: str):

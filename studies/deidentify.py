@@ -14,6 +14,7 @@ that does not say, is refused unless the caller masks rectangles or confirms; th
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import logging
 import os
@@ -29,12 +30,13 @@ import pydicom
 from django.conf import settings
 from django.db import transaction
 
-from dicomcore import deid, zipstream
+from dicomcore import deid, sources, zipstream
 
-from . import services
+from . import importer, services
 from .audit.events import write_event
 from .errors import ServiceError
 from .models import Deidentification, Instance, Study
+from .outcome import Outcome, Reason
 from .uploads import stage_stream
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,8 @@ def to_catalogue(*, user, level: str, source_id: str, instances: list[Instance],
                 raise CannotDeidentify(exc.message, files=[{"id": str(inst.pk), "reason": exc.message}]) from None
             source.unlink()
             prepared.append((inst, target))
-        rows, created = [], []
+        rows: list[dict[str, Any]] = []
+        created: list[str] = []
         for inst, target in prepared:
             with open(target, "rb") as handle:
                 staged = stage_stream(handle, f"{inst.pk}.dcm")
@@ -167,9 +170,9 @@ def to_catalogue(*, user, level: str, source_id: str, instances: list[Instance],
                 refused.status = outcome.error.status if outcome.error else 422  # a conflict stays a 409
                 raise refused
             if outcome.status == "created":
-                created.append(outcome.id)
+                created.append(str(outcome.id))
             rows.append({"source": str(inst.pk), "id": outcome.id, "status": str(outcome.status)})
-    study = Study.objects.filter(instances__pk=rows[0]["id"]).first() if rows else None
+    study = Study.objects.filter(instances__pk=str(rows[0]["id"])).first() if rows else None
     record = _record(user, level, source_id, choices, deidentifier, len(instances), study=study, delivered_as="catalogue")
     return Result(record=record, study=study, rows=rows)
 
@@ -248,3 +251,58 @@ def _request_id() -> str:
 
     value = request_id_var.get()
     return "" if value == "-" else value
+
+
+def from_sources(*, paths: Iterable[str], choices: Choices, owner=None, out: Path | None = None, user=None) -> Iterator[Outcome]:
+    """De-identify every DICOM file under `paths` (folders, zips, DICOMDIR media) into `owner`'s catalogue or into
+    the folder `out` (<new series UID>/<new SOP UID>.dcm); one Outcome per file found, as import_dicom reports them.
+    `user` is who asked (the record's owner: `owner`, or the first superuser for a folder run)."""
+    deidentifier = choices.deidentifier()
+    count = 0
+    with _workdir() as work:
+        for item in sources.walk(paths, zip_limits=importer.zip_limits()):
+            if not isinstance(item, sources.Source):
+                yield importer.not_imported(item)
+                continue
+            count += 1
+            yield _one_source(item, work, deidentifier, choices, owner=owner, out=out)
+    if user is not None:
+        _record(user, "files", "", choices, deidentifier, count, study=None, delivered_as="catalogue" if owner else "folder")
+
+
+def _one_source(item: sources.Source, work: Path, deidentifier: deid.Deidentifier, choices: Choices, *, owner, out) -> Outcome:
+    source, target = work / "source.dcm", work / "target.dcm"
+    try:
+        with item.open() as src, open(source, "wb") as copy:
+            shutil.copyfileobj(src, copy, 1024 * 1024)
+        head = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["BurnedInAnnotation", "Modality", "SOPClassUID"])
+    except Exception as exc:  # noqa: BLE001 - unreadable or not DICOM: reported, never raised
+        return Outcome(Reason.INVALID, f"not a DICOM file that can be read ({type(exc).__name__})", label=item.label, size=item.size)
+    if not (choices.masks or choices.confirm_burned_in):
+        reason = deid.burned_in_risk(
+            burned_in=head.get("BurnedInAnnotation"), modality=head.get("Modality"), sop_class_uid=head.get("SOPClassUID")
+        )
+        if reason:
+            return Outcome(Reason.INVALID, f"{reason}: mask rectangles (--mask) or confirm (--confirm-burned-in)", label=item.label, size=item.size)
+    try:
+        ds = deidentify_file(source, target, deidentifier)
+    except CannotDeidentify as exc:
+        return Outcome(Reason.INVALID, exc.message, label=item.label, size=item.size)
+    finally:
+        source.unlink(missing_ok=True)
+    size = target.stat().st_size
+    if out is None:
+        with open(target, "rb") as handle:
+            staged = stage_stream(handle, "deidentified.dcm")
+        target.unlink()
+        return services.ingest(owner=owner, staged=staged, label=item.label)
+    name = Path(str(ds.SeriesInstanceUID)) / f"{ds.SOPInstanceUID}.dcm"
+    (out / name.parent).mkdir(parents=True, exist_ok=True)
+    if (out / name).exists():  # an earlier run with the same secret, or the same file twice
+        same = filecmp.cmp(target, out / name, shallow=False)
+        target.unlink()
+        if same:
+            return Outcome(Reason.SAME_BYTES, object_id=str(name), label=item.label, size=size)
+        return Outcome(Reason.SAME_UID, f"{name} is already in the folder with other content", label=item.label, size=size)
+    shutil.move(target, out / name)
+    return Outcome(Reason.STORED, object_id=str(name), label=item.label, size=size)

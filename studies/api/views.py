@@ -351,7 +351,11 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
         ),
         request=DeidentifyRequestSerializer,
         parameters=[OpenApiParameter("as", str, enum=["catalogue", "zip"], description="zip: stream the copy instead of storing it")],
-        responses={201: DeidentificationSerializer, (200, "application/zip"): OpenApiTypes.BINARY, **errors(400, 401, 404, 409, 422, e422="Burned-in text, or a file that cannot be de-identified as asked.")},
+        responses={
+            201: DeidentificationSerializer,
+            (200, "application/zip"): OpenApiTypes.BINARY,
+            **errors(400, 401, 404, 409, 422, e422="Burned-in text, or a file that cannot be de-identified as asked."),
+        },
     )
     @action(detail=True, methods=["post"], url_path="deidentify", parser_classes=[JSONParser],
             content_negotiation_class=FirstRendererNegotiation)  # fmt: skip
@@ -416,8 +420,12 @@ class StudyViewSet(LevelViewSet):
     retrieve=extend_schema(summary="One send: its state and a result per instance", responses={200: DicomSendSerializer, **errors(401, 404)}),
 )
 @extend_schema_view(
-    list=extend_schema(summary="Your de-identified copies, newest first", responses={200: DeidentificationSerializer, **errors(401, 404, e404="No such page.")}),
-    retrieve=extend_schema(summary="One de-identified copy (with its UID map, if you kept it)", responses={200: DeidentificationSerializer, **errors(401, 404)}),
+    list=extend_schema(
+        summary="Your de-identified copies, newest first", responses={200: DeidentificationSerializer, **errors(401, 404, e404="No such page.")}
+    ),
+    retrieve=extend_schema(
+        summary="One de-identified copy (with its UID map, if you kept it)", responses={200: DeidentificationSerializer, **errors(401, 404)}
+    ),
 )
 class DeidentificationViewSet(viewsets.ReadOnlyModelViewSet):
     """Your de-identified copies (POST /api/studies/{id}/deidentify/ and /api/series/{id}/deidentify/)."""
