@@ -383,7 +383,7 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
             "url": request.build_absolute_uri(reverse("study-detail", args=[study.pk])),
         }  # fmt: skip
         data["results"] = result.rows
-        return Response(data, status=201, headers={"Location": data["url"]})
+        return Response(data, status=201, headers={"Location": str(data["url"])})
 
 
 @extend_schema_view(
@@ -410,7 +410,7 @@ class StudyViewSet(LevelViewSet):
         body.is_valid(raise_exception=True)
         job = outbound.queue_send(request.user, study, body.validated_data["ae_title"])
         data = DicomSendSerializer(job, context={"request": request}).data
-        return Response(data, status=202, headers={"Location": data["url"]})
+        return Response(data, status=202, headers={"Location": str(data["url"])})
 
 
 @extend_schema_view(

@@ -4,11 +4,13 @@ leaves what the comments promise."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pydicom
@@ -101,6 +103,22 @@ def test_the_readme_tour_runs_against_a_fresh_server(fresh_server):
     assert (work / "ct.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (original,) = work.glob("*.dcm")
     assert original.name == f"{pydicom.dcmread(original).SOPInstanceUID}.dcm"
+
+
+def test_the_readmes_deidentification_examples_run_after_the_tour(fresh_server):
+    base, work = fresh_server
+    (deid,) = [block for block in sh_blocks(README) if "/deidentify/" in block]
+    done = run_blocks([tour_block(), deid], base, work)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    plain, with_options, listed = json_documents(done.stdout)[4:]
+    assert plain["study"]["study_instance_uid"].startswith("2.25.") and plain["uid_map"] is None
+    assert with_options["options"]["options"] == ["clean_descriptors", "retain_modified_dates", "retain_patient_characteristics"]
+    assert with_options["uid_map"][pydicom.dcmread(next(work.glob("*.dcm"))).StudyInstanceUID] == with_options["study"]["study_instance_uid"]
+    assert listed["count"] == 3
+    with zipfile.ZipFile(work / "deid.zip") as archive:
+        (name,) = archive.namelist()
+        masked = pydicom.dcmread(io.BytesIO(archive.read(name)))
+    assert masked.PatientIdentityRemoved == "YES" and not masked.pixel_array[:16, :128].any()
 
 
 def test_the_api_pages_examples_run_in_order_against_a_fresh_server(fresh_server):
