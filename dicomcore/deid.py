@@ -38,13 +38,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table
 from pydicom.datadict import dictionary_has_tag, repeater_has_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, UID_dictionary
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UID_dictionary,
+)
 
 from .deid_table import OPTION_COLUMNS
 
@@ -63,7 +71,7 @@ OPTIONS = tuple(OPTION_CODES)
 _BASIC_LISTS = {
     "D": table.D_TAGS, "Z": table.Z_TAGS, "X": table.X_TAGS, "U": table.U_TAGS, "Z/D": table.Z_D_TAGS,
     "X/Z": table.X_Z_TAGS, "X/D": table.X_D_TAGS, "X/Z/D": table.X_Z_D_TAGS, "X/Z/U*": table.X_Z_U_STAR_TAGS,
-}
+}  # fmt: skip
 # Tag -> Basic Profile action, and the repeating groups (tag, mask) -> action: (50xx,xxxx), (60xx,3000), (60xx,4000).
 BASIC_PROFILE: dict[int, str] = {}
 BASIC_MASKED: list[tuple[int, int, str]] = []
@@ -79,10 +87,11 @@ TIME_VRS = frozenset({"TM"})
 FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UT", "UC", "PN"})
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
-DUMMY_TEXT = "ANONYMIZED"
+DUMMY_TEXT = "ANONYMIZED"  # also a valid (relative) URI: the dummy of UR too
 DUMMY_BY_VR: dict[str, Any] = {
-    "DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D", "IS": "0", "DS": "0", "UR": "",
-}
+    "DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D", "IS": "0", "DS": "0",
+}  # fmt: skip
+DUMMY_BINARY = b"\x00\x00"  # D asks for a value of non-zero length: two zero bytes (even, as OB/OW/UN need)
 # The shortest identifying value removed from text when cleaning: shorter ones match everywhere.
 MIN_SCRUB_LENGTH = 3
 MAX_SHIFT_DAYS = 3650
@@ -95,7 +104,7 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 ULTRASOUND_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.3.1",
     "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3",
-})
+})  # fmt: skip
 BURNED_IN_MODALITIES = frozenset({"US", "SC", "OT", "XC", "ES"})
 
 
@@ -202,7 +211,7 @@ class Deidentifier:
         return hmac.new(self.key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
 
     def pseudonym(self, patient: str) -> str:
-        """The stand-in for one patient's ID (and name): 16 hex digits of HMAC over the original."""
+        """The stand-in for one patient's ID (and name): ANON and 12 hex digits of HMAC over the original."""
         return "ANON" + self._mac("patient", patient).hex()[:12].upper()
 
     def shift_days(self, patient: str) -> int:
@@ -212,7 +221,7 @@ class Deidentifier:
     def apply(self, ds: Dataset) -> Dataset:
         """De-identify `ds` in place (file meta rebuilt) and return it; DeidError when masking cannot decode it."""
         patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or "")
-        context = _Context(self, patient, _identifying_values(ds))
+        context = _Context(self, patient, _identifying_values(ds, uids="retain_uids" not in self.options.options))
         if self.options.masks and PIXEL_DATA in ds:
             _mask(ds, self.options.masks)
         _walk(ds, context)
@@ -238,14 +247,32 @@ class Deidentifier:
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if "retain_modified_dates" in chosen else "REMOVED"
 
     def _meta(self, ds: Dataset) -> None:
+        """A new file meta: the data set's (new) SOP UIDs, else the old meta's mapped the way the data set's are;
+        the transfer syntax as stored, else the one the data set was read with."""
         old = getattr(ds, "file_meta", None) or FileMetaDataset()
+
+        def mapped(uid: object) -> str:
+            uid = str(uid or "")
+            return uid if "retain_uids" in self.options.options else self.new_uid(uid)
+
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", old.get("MediaStorageSOPClassUID", ""))
-        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
-        meta.TransferSyntaxUID = old.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or mapped(old.get("MediaStorageSOPClassUID"))
+        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or mapped(old.get("MediaStorageSOPInstanceUID"))
+        meta.TransferSyntaxUID = _transfer_syntax(ds)
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds.file_meta = meta
         ds.preamble = b"\x00" * 128
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """The file meta's transfer syntax, or (a data set read without one) the encoding it was read with."""
+    syntax = getattr(ds, "file_meta", None) and ds.file_meta.get("TransferSyntaxUID")
+    if syntax:
+        return UID(syntax)
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian
 
 
 @dataclass
@@ -269,17 +296,18 @@ def _walk(ds: Dataset, ctx: _Context) -> None:
             continue
         elem = ds[key]
         action = action_for(tag, elem.VR, ctx.options)
-        _ACTIONS[action or _unlisted(elem.VR)](ds, elem, ctx)
+        _ACTIONS[action or _unlisted(elem.VR, ctx.options)](ds, elem, ctx)
 
 
 def _known(tag: int) -> bool:
     return dictionary_has_tag(tag) or repeater_has_tag(tag)
 
 
-def _unlisted(vr: str) -> str:
-    """Attributes the table does not name are kept, except UIDs (replaced) and dates (shifted or blanked)."""
+def _unlisted(vr: str, options: frozenset[str]) -> str:
+    """Attributes the table does not name are kept, except UIDs (replaced, unless Retain UIDs: kept like every
+    U attribute) and dates (shifted or blanked)."""
     if vr == "UI":
-        return "U"
+        return "keep" if "retain_uids" in options else "U"
     if vr in DATE_VRS:
         return "date"
     return "keep"
@@ -309,7 +337,7 @@ def _dummy(ds: Dataset, elem: DataElement, ctx: _Context) -> None:
     elif vr == "UI":
         _uid(ds, elem, ctx)
     elif vr in BINARY_VRS:
-        elem.value = b""
+        elem.value = DUMMY_BINARY
     elif vr in NUMBER_VRS:
         elem.value = 0
     else:
@@ -367,13 +395,13 @@ def _shift(value: str, days: int, vr: str) -> str:
     value = value.strip()
     if "-" in value and vr == "DA":  # a range (in a query) has no place in a stored instance
         return ""
-    try:
-        day = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-    except (ValueError, IndexError):
-        return ""
     if len(value) < 8 or not value[:8].isdigit():
         return ""
-    return (day - dt.timedelta(days=days)).strftime("%Y%m%d") + value[8:]
+    try:
+        day = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) - dt.timedelta(days=days)
+    except (ValueError, OverflowError):  # not a date, or one that would move before year 1
+        return ""
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}" + value[8:]
 
 
 def _items(elem: DataElement, ctx: _Context) -> None:
@@ -399,12 +427,13 @@ _ACTIONS: dict[str, Callable[[Dataset, DataElement, _Context], None]] = {
     "X": _remove, "Z": _empty, "D": _dummy, "U": _uid, "C": _clean, "K": _keep_as_is,
     "X/Z": _combined_empty, "X/Z/D": _combined_empty, "X/D": _dummy, "Z/D": _dummy, "X/Z/U*": _uid_star,
     "keep": _keep, "date": _date,
-}
+}  # fmt: skip
 
 
-def _identifying_values(ds: Dataset) -> list[str]:
+def _identifying_values(ds: Dataset, *, uids: bool = True) -> list[str]:
     """Every text an attribute the profile does not keep holds, at any depth: what cleaning removes from texts.
-    Names also give their parts and their "Given Family" spelling. Longest first, so that parts go last."""
+    Names also give their parts and their "Given Family" spelling; with `uids`, every UID but the well-known ones
+    (they are all replaced, so none may stay in a text either). Longest first, so that parts go last."""
     found: set[str] = set()
 
     def visit(data: Dataset) -> None:
@@ -415,6 +444,11 @@ def _identifying_values(ds: Dataset) -> list[str]:
             if elem.VR == "SQ":
                 for item in elem.value or []:
                     visit(item)
+                continue
+            if elem.VR == "UI":
+                if uids:
+                    values = elem.value if elem.VM > 1 else [elem.value]
+                    found.update(u for u in (str(v or "").strip().rstrip("\x00") for v in values) if u not in UID_dictionary)
                 continue
             basic = basic_action(int(key))
             if basic is None or basic == "K" or elem.VR not in FREE_TEXT_VRS | DATE_VRS | {"CS", "AE"}:
@@ -454,6 +488,9 @@ def _mask(ds: Dataset, masks: tuple[Rect, ...]) -> None:
     """Blank each rectangle in every frame; the pixel data are written back native (Explicit VR Little Endian)."""
     if int(ds.get("BitsAllocated", 0) or 0) not in (8, 16, 32):
         raise DeidError("the pixel data cannot be masked: only 8, 16 and 32 bits allocated are supported")
+    if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = _transfer_syntax(ds)  # the decoders need it: a file read without one
     try:
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress(generate_instance_uid=False)
@@ -472,6 +509,21 @@ def _mask(ds: Dataset, masks: tuple[Rect, ...]) -> None:
         x1, y1 = min(rect.x + rect.width, cols), min(rect.y + rect.height, rows)
         if x0 < x1 and y0 < y1:
             view[:, y0:y1, x0:x1, ...] = 0
-    ds.PixelData = pixels.tobytes()
+    if ds.original_encoding[1] is False:
+        _to_little_endian(ds)
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _to_little_endian(ds: Dataset) -> None:
+    """A data set read big endian, about to be written little endian: its binary values (kept as read, in the big
+    endian order) swapped; the values pydicom decoded (numbers, texts) are encoded anew when written."""
+    for elem in ds.iterall():
+        width = _SWAP_WIDTH.get(elem.VR)
+        if width and int(elem.tag) not in PIXEL_TAGS and isinstance(elem.value, bytes) and len(elem.value) % width == 0:
+            elem.value = np.frombuffer(elem.value, f">u{width}").astype(f"<u{width}").tobytes()
+    ds.set_original_encoding(False, True, ds.original_character_set)

@@ -330,6 +330,12 @@ class DeidentifyRequestSerializer(serializers.Serializer):
         help_text="rectangles [x, y, width, height] in pixels set to 0 in every frame of every image (Clean Pixel Data, 113101)",
     )  # fmt: skip
 
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:  # a misspelt option must not silently give a copy with less (or more) than asked
+            raise serializers.ValidationError({unknown[0]: f"unknown field; the fields are {', '.join(self.fields)}"})
+        return attrs
+
     def choices(self):
         """The validated body as deidentify.Choices."""
         from dicomcore.deid import OPTIONS, Rect
