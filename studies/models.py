@@ -224,10 +224,10 @@ class Deidentification(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deidentifications")
-    source_level = models.CharField(max_length=8, default="study")  # study, series, or files (manage.py deidentify)
+    source_level = models.CharField(max_length=16, default="study")  # study, series, or files (manage.py deidentify)
     source_id = models.CharField(max_length=64, blank=True)
     result_study = models.ForeignKey(Study, on_delete=models.SET_NULL, null=True, blank=True, related_name="deidentified_from")
-    delivered_as = models.CharField(max_length=8, default="catalogue")  # catalogue, zip or folder
+    delivered_as = models.CharField(max_length=16, default="catalogue")  # catalogue, zip or folder
     options = models.JSONField(default=dict)
     instance_count = models.PositiveIntegerField(default=0)
     uid_map = models.JSONField(null=True, blank=True)
