@@ -150,6 +150,9 @@ def option_action(tag: int, vr: str, option: str, basic: str | None) -> str | No
 
 
 _BIRTH = frozenset({0x00100030, 0x00100032})  # Patient's Birth Date and Time: never kept by a temporal option
+# What the options clean (descriptions, comments, labels...): texts to clean, not sources of identifying values;
+# taken as sources, each would be wiped whole by its own value ("*") instead of cleaned. Dates stay sources.
+_CLEANED = frozenset(tag for option, column in OPTION_COLUMNS.items() if option != "retain_modified_dates" for tag, action in column.items() if action == "C")
 
 
 def basic_action(tag: int) -> str | None:
@@ -431,9 +434,10 @@ _ACTIONS: dict[str, Callable[[Dataset, DataElement, _Context], None]] = {
 
 
 def _identifying_values(ds: Dataset, *, uids: bool = True) -> list[str]:
-    """Every text an attribute the profile does not keep holds, at any depth: what cleaning removes from texts.
-    Names also give their parts and their "Given Family" spelling; with `uids`, every UID but the well-known ones
-    (they are all replaced, so none may stay in a text either). Longest first, so that parts go last."""
+    """Every text an attribute the profile does not keep holds, at any depth: what cleaning removes from texts
+    (not the texts the options clean: they are what is cleaned). Names also give their parts and their
+    "Given Family" spelling; with `uids`, every UID but the well-known ones (all replaced, so none may stay in a
+    text either). Longest first, so that parts go last."""
     found: set[str] = set()
 
     def visit(data: Dataset) -> None:
@@ -451,7 +455,7 @@ def _identifying_values(ds: Dataset, *, uids: bool = True) -> list[str]:
                     found.update(u for u in (str(v or "").strip().rstrip("\x00") for v in values) if u not in UID_dictionary)
                 continue
             basic = basic_action(int(key))
-            if basic is None or basic == "K" or elem.VR not in FREE_TEXT_VRS | DATE_VRS | {"CS", "AE"}:
+            if basic is None or basic == "K" or int(key) in _CLEANED or elem.VR not in FREE_TEXT_VRS | DATE_VRS | {"CS", "AE"}:
                 continue
             values = elem.value if elem.VM > 1 else [elem.value]
             for value in values:

@@ -415,12 +415,6 @@ class StudyViewSet(LevelViewSet):
 
 @extend_schema_view(
     list=extend_schema(
-        summary="Your sends of studies to DICOM peers, newest first", responses={200: DicomSendSerializer, **errors(401, 404, e404="No such page.")}
-    ),
-    retrieve=extend_schema(summary="One send: its state and a result per instance", responses={200: DicomSendSerializer, **errors(401, 404)}),
-)
-@extend_schema_view(
-    list=extend_schema(
         summary="Your de-identified copies, newest first", responses={200: DeidentificationSerializer, **errors(401, 404, e404="No such page.")}
     ),
     retrieve=extend_schema(
@@ -437,6 +431,12 @@ class DeidentificationViewSet(viewsets.ReadOnlyModelViewSet):
         return Deidentification.objects.filter(owner=self.request.user)
 
 
+@extend_schema_view(
+    list=extend_schema(
+        summary="Your sends of studies to DICOM peers, newest first", responses={200: DicomSendSerializer, **errors(401, 404, e404="No such page.")}
+    ),
+    retrieve=extend_schema(summary="One send: its state and a result per instance", responses={200: DicomSendSerializer, **errors(401, 404)}),
+)
 class SendViewSet(viewsets.ReadOnlyModelViewSet):
     """Sends of studies to DICOM peers (POST /api/studies/{id}/send/)."""
 
