@@ -17,7 +17,8 @@ place, at every depth of its sequences:
 - with Retain Longitudinal Temporal Information with Modified Dates, dates move back by a number of days fixed
   per patient; without it, dates outside the table (which the standard does not name) are blanked too;
 - C on text (Clean Descriptors, and the options' C) removes every identifying value found in the source data set
-  (names and their parts, IDs, accession numbers, institutions, dates) from the text;
+  (names and their parts, IDs, accession numbers, institutions, dates, UIDs) from the text, and so does keeping a
+  text the table does not name; the texts the chosen options clean are not taken as identifying values themselves;
 - private attributes, curves (50xx), overlay data and comments (60xx,3000/4000), attributes no dictionary
   knows and UIDs the table does not name (other than well-known UIDs) are removed or replaced as well;
 - Patient Identity Removed = YES, De-identification Method (Code) Sequence name the profile and options
@@ -150,9 +151,6 @@ def option_action(tag: int, vr: str, option: str, basic: str | None) -> str | No
 
 
 _BIRTH = frozenset({0x00100030, 0x00100032})  # Patient's Birth Date and Time: never kept by a temporal option
-# What the options clean (descriptions, comments, labels...): texts to clean, not sources of identifying values;
-# taken as sources, each would be wiped whole by its own value ("*") instead of cleaned. Dates stay sources.
-_CLEANED = frozenset(tag for option, column in OPTION_COLUMNS.items() if option != "retain_modified_dates" for tag, action in column.items() if action == "C")
 
 
 def basic_action(tag: int) -> str | None:
@@ -224,7 +222,7 @@ class Deidentifier:
     def apply(self, ds: Dataset) -> Dataset:
         """De-identify `ds` in place (file meta rebuilt) and return it; DeidError when masking cannot decode it."""
         patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or "")
-        context = _Context(self, patient, _identifying_values(ds, uids="retain_uids" not in self.options.options))
+        context = _Context(self, patient, _identifying_values(ds, self.options.options))
         if self.options.masks and PIXEL_DATA in ds:
             _mask(ds, self.options.masks)
         _walk(ds, context)
@@ -259,8 +257,8 @@ class Deidentifier:
             return uid if "retain_uids" in self.options.options else self.new_uid(uid)
 
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or mapped(old.get("MediaStorageSOPClassUID"))
-        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or mapped(old.get("MediaStorageSOPInstanceUID"))
+        meta.MediaStorageSOPClassUID = UID(ds.get("SOPClassUID") or mapped(old.get("MediaStorageSOPClassUID")))
+        meta.MediaStorageSOPInstanceUID = UID(ds.get("SOPInstanceUID") or mapped(old.get("MediaStorageSOPInstanceUID")))
         meta.TransferSyntaxUID = _transfer_syntax(ds)
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds.file_meta = meta
@@ -433,11 +431,12 @@ _ACTIONS: dict[str, Callable[[Dataset, DataElement, _Context], None]] = {
 }  # fmt: skip
 
 
-def _identifying_values(ds: Dataset, *, uids: bool = True) -> list[str]:
-    """Every text an attribute the profile does not keep holds, at any depth: what cleaning removes from texts
-    (not the texts the options clean: they are what is cleaned). Names also give their parts and their
-    "Given Family" spelling; with `uids`, every UID but the well-known ones (all replaced, so none may stay in a
-    text either). Longest first, so that parts go last."""
+def _identifying_values(ds: Dataset, options: frozenset[str] = frozenset()) -> list[str]:
+    """Every text an attribute the profile does not keep holds, at any depth: what cleaning removes from texts.
+    Not the texts the chosen options clean (descriptions, comments, a time zone...): they are what is cleaned, and
+    taken as sources each would be wiped whole by its own value ("*"); dates stay sources. Names also give their
+    parts and their "Given Family" spelling; UIDs but the well-known ones are sources too, unless Retain UIDs (all
+    replaced, none may stay in a text either). Longest first, so that parts go last."""
     found: set[str] = set()
 
     def visit(data: Dataset) -> None:
@@ -450,12 +449,14 @@ def _identifying_values(ds: Dataset, *, uids: bool = True) -> list[str]:
                     visit(item)
                 continue
             if elem.VR == "UI":
-                if uids:
+                if "retain_uids" not in options:
                     values = elem.value if elem.VM > 1 else [elem.value]
                     found.update(u for u in (str(v or "").strip().rstrip("\x00") for v in values) if u not in UID_dictionary)
                 continue
             basic = basic_action(int(key))
-            if basic is None or basic == "K" or int(key) in _CLEANED or elem.VR not in FREE_TEXT_VRS | DATE_VRS | {"CS", "AE"}:
+            if basic is None or basic == "K" or elem.VR not in FREE_TEXT_VRS | DATE_VRS | {"CS", "AE"}:
+                continue
+            if elem.VR not in DATE_VRS and action_for(int(key), elem.VR, options) == "C":
                 continue
             values = elem.value if elem.VM > 1 else [elem.value]
             for value in values:

@@ -51,6 +51,7 @@ SLOW_MODULES = {
     "test_api_schema_fuzz.py": "schemathesis over every API operation (12 s)",
     "test_devenv.py": "manage.py in a subprocess, three times (20 s)",
     "test_render_lut.py": "every grey frame of both corpora rendered two ways, five option sets (3.2 s)",
+    "test_deid_core.py": "both corpora de-identified twice and byte-searched, 15 files decoded (5 s)",
 }
 E2E_FIXTURES = {
     "live_server": "a live HTTP server (dicomweb-client, OHIF request sequence)",
