@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import transaction
 
 from dicomcore import deid, sources, zipstream
+from dicomcore.parsing import InvalidDicom, NotAnInstance, parse_dicom
 
 from . import importer, services
 from .audit.events import write_event
@@ -122,8 +123,9 @@ def _workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def deidentify_file(source: Path, target: Path, deidentifier: deid.Deidentifier) -> pydicom.Dataset:
-    """De-identify the Part-10 file at `source` into `target`; CannotDeidentify with the reason when it cannot be."""
+def deidentify_file(source: Path, target: Path, deidentifier: deid.Deidentifier, *, has_pixels: bool) -> pydicom.Dataset:
+    """De-identify the Part-10 file at `source` into `target`; CannotDeidentify with the reason when it cannot be.
+    `has_pixels`: the source has pixel data (as ingest parsed it); a copy that lost them is refused, not made."""
     try:
         ds = pydicom.dcmread(source, defer_size=DEFER_SIZE)
         deidentifier.apply(ds)
@@ -132,6 +134,9 @@ def deidentify_file(source: Path, target: Path, deidentifier: deid.Deidentifier)
         raise CannotDeidentify(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a stored file pydicom cannot rewrite: say so, store nothing
         raise CannotDeidentify(f"the file cannot be rewritten de-identified ({type(exc).__name__})") from None
+    if has_pixels and not any(tag in ds for tag in deid.PIXEL_TAGS):
+        # pydicom drops a pixel data element that ends early (a truncated file) that ingest still accepted
+        raise CannotDeidentify("the pixel data cannot be read whole (the file is truncated): a copy would have no image")
     return ds
 
 
@@ -150,7 +155,7 @@ def to_catalogue(*, user, level: str, source_id: str, instances: list[Instance],
             source, target = work / f"{n}.src", work / f"{n}.dcm"
             _copy_stored(inst, source)
             try:
-                deidentify_file(source, target, deidentifier)
+                deidentify_file(source, target, deidentifier, has_pixels=inst.has_pixel_data)
             except CannotDeidentify as exc:
                 raise CannotDeidentify(exc.message, files=[{"id": str(inst.pk), "reason": exc.message}]) from None
             source.unlink()
@@ -196,7 +201,7 @@ def zip_stream(*, user, level: str, source_id: str, instances: list[Instance], c
             source, target = work / f"{n}.src", work / f"{n}.dcm"
             try:
                 _copy_stored(inst, source)
-                deidentify_file(source, target, deidentifier)
+                deidentify_file(source, target, deidentifier, has_pixels=inst.has_pixel_data)
             except (CannotDeidentify, OSError) as exc:
                 logger.warning("deidentify: left out of a zip id=%s reason=%s", inst.pk, type(exc).__name__)
                 raise OSError(str(inst.pk)) from None
@@ -275,17 +280,23 @@ def _one_source(item: sources.Source, work: Path, deidentifier: deid.Deidentifie
     try:
         with item.open() as src, open(source, "wb") as copy:
             shutil.copyfileobj(src, copy, 1024 * 1024)
-        head = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["BurnedInAnnotation", "Modality", "SOPClassUID"])
-    except Exception as exc:  # noqa: BLE001 - unreadable or not DICOM: reported, never raised
-        return Outcome(Reason.INVALID, f"not a DICOM file that can be read ({type(exc).__name__})", label=item.label, size=item.size)
+        with open(source, "rb") as handle:  # the same checks as ingest: hostile input is refused here too
+            parsed = parse_dicom(handle, max_inflated_bytes=settings.DICOM_MAX_INFLATED_BYTES)
+    except InvalidDicom as exc:
+        source.unlink(missing_ok=True)
+        why = Reason.NOT_AN_INSTANCE if isinstance(exc, NotAnInstance) else Reason.INVALID  # a DICOMDIR: skipped
+        return Outcome(why, str(exc), label=item.label, size=item.size)
+    except OSError as exc:
+        source.unlink(missing_ok=True)
+        return Outcome(Reason.UNREADABLE, f"the file cannot be read ({exc.strerror or type(exc).__name__})", label=item.label, size=item.size)
     if not (choices.masks or choices.confirm_burned_in):
         reason = deid.burned_in_risk(
-            burned_in=head.get("BurnedInAnnotation"), modality=head.get("Modality"), sop_class_uid=head.get("SOPClassUID")
+            burned_in=_header_value(parsed.header, "00280301"), modality=parsed.modality, sop_class_uid=parsed.sop_class_uid
         )
         if reason:
             return Outcome(Reason.INVALID, f"{reason}: mask rectangles (--mask) or confirm (--confirm-burned-in)", label=item.label, size=item.size)
     try:
-        ds = deidentify_file(source, target, deidentifier)
+        ds = deidentify_file(source, target, deidentifier, has_pixels=parsed.pixel_data is not None)
     except CannotDeidentify as exc:
         return Outcome(Reason.INVALID, exc.message, label=item.label, size=item.size)
     finally:
