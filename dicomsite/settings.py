@@ -232,6 +232,9 @@ STORAGES = {
 
 # --- DICOM service -------------------------------------------------------------------
 DICOM_MAX_UPLOAD_BYTES = env_int("DICOM_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+# Per-user storage quotas: the defaults for users whose limits are not set in the admin (0: no limit).
+DICOM_QUOTA_BYTES = env_int("DICOM_QUOTA_BYTES", 0)
+DICOM_QUOTA_INSTANCES = env_int("DICOM_QUOTA_INSTANCES", 0)
 # Outbound C-STORE ("send this study to AE X", studies/outbound.py): this node's calling AE title, the attempts per
 # instance (a refused association, no answer or 0xA7xx "out of resources" are tried again) and the wait between them.
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "DICOMSITE")

@@ -23,7 +23,7 @@ from . import deidentify, outbound, selectors, services
 from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
 from .errors import ServiceError
 from .http import viewer
-from .models import Deidentification, DicomPeer, DicomSend, Instance, Series, Study
+from .models import Deidentification, DicomPeer, DicomSend, Instance, Quota, Series, Study
 from .outcome import Outcome
 from .outcome import counts as status_counts
 from .uploads import as_staged
@@ -363,6 +363,28 @@ def _deidentify_studies(modeladmin, request, queryset, choices) -> None:
         modeladmin.message_user(
             request, f"{made} de-identified cop{'y' if made == 1 else 'ies'} made; see De-identifications", messages.SUCCESS
         )
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    """Per-user storage limits (empty: the defaults from settings), with what each user stores now."""
+
+    list_display = ("user", "max_bytes", "max_instances", "used", "used_instances")
+    search_fields = ["user__username"]
+    readonly_fields = ("used", "used_instances")
+    fields = ("user", "max_bytes", "max_instances", "used", "used_instances")
+
+    @admin.display(description="used")
+    def used(self, obj):
+        return filesizeformat(obj.used_bytes)
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "user") if obj is not None else self.readonly_fields
+
+    def _superuser(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    has_module_permission = has_view_permission = has_change_permission = has_add_permission = _superuser
 
 
 @admin.register(Deidentification)

@@ -35,7 +35,7 @@ from dicomcore.parsing import InvalidDicom, NotAnInstance, parse_dicom
 
 from . import importer, services
 from .audit.events import write_event
-from .errors import ServiceError
+from .errors import QuotaExceeded, ServiceError
 from .models import Deidentification, Instance, Study
 from .outcome import Outcome, Reason
 from .uploads import stage_stream
@@ -166,6 +166,9 @@ def to_catalogue(*, user, level: str, source_id: str, instances: list[Instance],
             with open(target, "rb") as handle:
                 staged = stage_stream(handle, f"{inst.pk}.dcm")
             outcome = services.ingest(owner=user, staged=staged, label=str(inst.pk))
+            if outcome.reason is Reason.QUOTA_EXCEEDED:
+                _undo(created)
+                raise QuotaExceeded(outcome.message, files=[{"id": str(inst.pk), "reason": outcome.message}])
             if not outcome.stored:
                 _undo(created)
                 refused = CannotDeidentify(

@@ -347,6 +347,7 @@ DIMSE_STATUS: dict[Reason, tuple[int, str | None]] = {
     Reason.WRONG_STUDY: (CANNOT_UNDERSTAND, None),
     Reason.NOT_AN_INSTANCE: (CANNOT_UNDERSTAND, None),
     Reason.TOO_LARGE: (OUT_OF_RESOURCES, "larger than this server accepts"),
+    Reason.QUOTA_EXCEEDED: (OUT_OF_RESOURCES, "storage quota exceeded"),
     Reason.STORAGE_FAILED: (OUT_OF_RESOURCES, "storage unavailable"),
 }
 

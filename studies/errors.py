@@ -50,6 +50,14 @@ class UploadTooLarge(ServiceError):
         super().__init__(f"the upload is larger than the limit of {limit} bytes", limit=limit)
 
 
+class QuotaExceeded(ServiceError):
+    """Storing the file would take its owner past their quota (bytes or instances); nothing was kept."""
+
+    status = 413
+    code = "quota_exceeded"
+    reason = Reason.QUOTA_EXCEEDED
+
+
 class Conflict(ServiceError):
     """The owner already holds different bytes under the same identity."""
 

@@ -216,6 +216,21 @@ class DicomSend(models.Model):
         return f"{self.ae_title}: {self.status}"
 
 
+class Quota(models.Model):
+    """One user's storage limits and what they use (studies/quotas.py keeps `used_*` in step with the catalogue, in
+    the transactions that add or delete instances). A limit left empty takes the default from settings
+    (DICOM_QUOTA_BYTES, DICOM_QUOTA_INSTANCES; 0 there: no limit)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="quota")
+    max_bytes = models.BigIntegerField("byte limit", null=True, blank=True, help_text="empty: the default from settings; 0: no limit")
+    max_instances = models.BigIntegerField("instance limit", null=True, blank=True, help_text="empty: the default from settings; 0: no limit")
+    used_bytes = models.BigIntegerField(default=0, editable=False)
+    used_instances = models.BigIntegerField(default=0, editable=False)
+
+    def __str__(self) -> str:
+        return f"quota of user {self.user_id}"
+
+
 class Deidentification(models.Model):
     """One de-identified copy (studies/deidentify.py): what it was made from, what it made, with which options.
 

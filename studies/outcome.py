@@ -37,6 +37,7 @@ class Reason(StrEnum):
     CATALOGUE_BUSY = "catalogue_busy"  # conflict: concurrent writers kept changing the hierarchy; try again
     INVALID = "invalid_dicom"  # refused: not a DICOM instance the catalogue can hold (empty, truncated, hostile...)
     TOO_LARGE = "too_large"  # refused: larger than DICOM_MAX_UPLOAD_BYTES
+    QUOTA_EXCEEDED = "quota_exceeded"  # refused: the owner's storage quota (bytes or instances) would be exceeded
     STORAGE_FAILED = "storage_unavailable"  # refused: storage full or failing; nothing was kept
     UNREADABLE = "unreadable"  # refused before parsing: an unreadable file or an unsafe/over-limit archive member
     WRONG_STUDY = "wrong_study"  # refused: not in the study the request names (STOW-RS POST /studies/{uid})
@@ -51,6 +52,7 @@ STATUS_OF: dict[Reason, Status] = {
     Reason.CATALOGUE_BUSY: Status.CONFLICT,
     Reason.INVALID: Status.REFUSED,
     Reason.TOO_LARGE: Status.REFUSED,
+    Reason.QUOTA_EXCEEDED: Status.REFUSED,
     Reason.STORAGE_FAILED: Status.REFUSED,
     Reason.UNREADABLE: Status.REFUSED,
     Reason.WRONG_STUDY: Status.REFUSED,

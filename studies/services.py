@@ -25,11 +25,12 @@ from django.db.models import Q
 from dicomcore.constants import PREAMBLE_LENGTH
 from dicomcore.parsing import InvalidDicom, ParsedDicom, StoredBytesHasher, parse_dicom, zero_preamble
 
-from . import prerender
+from . import prerender, quotas
 from .errors import (
     CatalogueBusy,
     Conflict,
     InvalidUpload,
+    QuotaExceeded,
     SeriesConflict,
     ServiceError,
     StorageFailure,
@@ -156,6 +157,7 @@ def ingest_batch(*, owner, files: list, dry_run: bool = False, planned: dict[str
         return _settle(files, outcomes)
     stored: dict[int, tuple[uuid.UUID, str]] = {}
     committed = False
+    fresh = _within_quota(owner, files, fresh, outcomes)
     try:
         for index in fresh:
             item = files[index]
@@ -170,9 +172,11 @@ def ingest_batch(*, owner, files: list, dry_run: bool = False, planned: dict[str
             with transaction.atomic():
                 rows = _catalogue_batch(owner, files, stored, outcomes)
                 Instance.objects.bulk_create(rows, batch_size=200)
+                if rows:
+                    quotas.charge(owner, size=sum(row.size for row in rows), files=len(rows))  # last, as in _catalogue
                 prerender.after_commit(row.id for row in rows)
                 committed = True  # before COMMIT, as in _store_and_catalogue
-        except IntegrityError:
+        except (IntegrityError, QuotaExceeded):  # a concurrent writer: each file settles on its own
             committed = False
             for _, name in stored.values():
                 default_storage.delete(name)
@@ -188,6 +192,24 @@ def ingest_batch(*, owner, files: list, dry_run: bool = False, planned: dict[str
             for _, name in stored.values():
                 default_storage.delete(name)
     return _settle(files, outcomes)
+
+
+def _within_quota(owner, files: list, fresh: list[int], outcomes: list) -> list[int]:
+    """The files of `fresh` that fit in the owner's free quota, in order; the others refused before being stored.
+    An estimate read without a lock: the catalogue transaction's charge is what decides."""
+    free_bytes, free_instances = quotas.room(owner)
+    if free_bytes is None and free_instances is None:
+        return fresh
+    fitting = []
+    for index in fresh:
+        size = files[index].size
+        if (free_bytes is not None and size > free_bytes) or free_instances == 0:
+            outcomes[index] = refusal(quotas.exceeded(owner, size=size, files=1), label=files[index].label, size=size)
+            continue
+        free_bytes = None if free_bytes is None else free_bytes - size
+        free_instances = None if free_instances is None else free_instances - 1
+        fitting.append(index)
+    return fitting
 
 
 def _classify_batch(owner, files: list, outcomes: list, planned: dict[str, set]) -> list[int]:
@@ -404,6 +426,7 @@ def _catalogue(owner, parsed: ParsedDicom, instance_id: uuid.UUID, stored_name: 
     study, series = _study_and_series(owner, parsed)
     instance = _new_instance(owner, parsed, instance_id, stored_name, study, series, sha256=sha256, size=size, original_name=original_name)
     instance.save(force_insert=True)
+    quotas.charge(owner, size=size)  # last: the owner's quota row stays locked until COMMIT
     return instance
 
 
@@ -492,7 +515,9 @@ def delete_instance(*, instance: Instance) -> None:
         # can commit an instance into them between "is it empty?" and the delete below.
         _lock(Study, instance.study_id)
         _lock(Series, instance.series_id)
-        Instance.objects.filter(pk=instance.pk).delete()
+        deleted, _ = Instance.objects.filter(pk=instance.pk).delete()
+        if deleted:  # a concurrent delete of the same row gives the space back once
+            quotas.refund(instance.owner_id, size=instance.size)
         if not Instance.objects.filter(series_id=instance.series_id).exists():
             Series.objects.filter(pk=instance.series_id).delete()
         if not Series.objects.filter(study_id=instance.study_id).exists():

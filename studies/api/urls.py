@@ -20,6 +20,7 @@ router.register("deidentifications", views.DeidentificationViewSet, basename="de
 urlpatterns = [
     re_path(_tag_route.pattern.regex.pattern, lean.instance_tag(_tag_route.callback), name="instance-tag"),
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
+    path("me/", views.MeView.as_view(), name="me"),
     path("tags/lookup/", tags.TagLookupView.as_view(), name="tag-lookup"),
     path("", include(router.urls)),
 ]

@@ -21,10 +21,11 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from dicomcore import rendering, tags, zipstream
 
-from .. import bulk_upload, deidentify, outbound, selectors, services
+from .. import bulk_upload, deidentify, outbound, quotas, selectors, services
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
@@ -474,6 +475,34 @@ def _archive_response(instances, filename: str) -> StreamingHttpResponse:
     response["Content-Disposition"] = content_disposition_header(True, filename)
     response["Cache-Control"] = "private, no-store"
     return response
+
+
+class MeView(APIView):
+    """Who you are and your storage quota."""
+
+    @extend_schema(
+        summary="You: username and storage quota (limits and usage)",
+        responses={
+            200: {
+                "type": "object",
+                "properties": {
+                    "username": {"type": "string"},
+                    "quota": {
+                        "type": "object",
+                        "properties": {
+                            "max_bytes": {"type": "integer", "nullable": True, "description": "null: no limit"},
+                            "max_instances": {"type": "integer", "nullable": True, "description": "null: no limit"},
+                            "used_bytes": {"type": "integer"},
+                            "used_instances": {"type": "integer"},
+                        },
+                    },
+                },
+            },
+            **errors(401),
+        },
+    )
+    def get(self, request):
+        return Response({"username": request.user.get_username(), "quota": quotas.usage(request.user).as_dict()})
 
 
 class TokenView(ObtainAuthToken):

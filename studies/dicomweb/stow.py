@@ -159,6 +159,7 @@ STOW_FAILURE: dict[Reason, tuple[int | None, str | None]] = {
     Reason.UNREADABLE: (web.FAILURE_CANNOT_UNDERSTAND, None),
     Reason.NOT_AN_INSTANCE: (web.FAILURE_CANNOT_UNDERSTAND, None),
     Reason.TOO_LARGE: (web.FAILURE_OUT_OF_RESOURCES, None),
+    Reason.QUOTA_EXCEEDED: (web.FAILURE_OUT_OF_RESOURCES, "storage quota exceeded"),
     Reason.STORAGE_FAILED: (web.FAILURE_OUT_OF_RESOURCES, None),
     Reason.WRONG_STUDY: (web.FAILURE_DOES_NOT_MATCH, "not in the study the URL names"),
 }

@@ -16,5 +16,6 @@ HTTP_STATUS: dict[Reason, int] = {
     Reason.WRONG_STUDY: 400,
     Reason.NOT_AN_INSTANCE: 400,
     Reason.TOO_LARGE: 413,
+    Reason.QUOTA_EXCEEDED: 413,
     Reason.STORAGE_FAILED: 503,
 }

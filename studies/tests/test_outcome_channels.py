@@ -30,6 +30,7 @@ EXPECTED = {
     Reason.UNREADABLE:            (Status.REFUSED,    400, 0xC000, 0xC000),
     Reason.WRONG_STUDY:           (Status.REFUSED,    400, 0xC000, 0xA900),
     Reason.TOO_LARGE:             (Status.REFUSED,    413, 0xA700, 0xA700),
+    Reason.QUOTA_EXCEEDED:        (Status.REFUSED,    413, 0xA700, 0xA700),
     Reason.STORAGE_FAILED:        (Status.REFUSED,    503, 0xA700, 0xA700),
     Reason.NOT_AN_INSTANCE:       (Status.SKIPPED,    400, 0xC000, 0xC000),
 }  # fmt: skip
