@@ -8,9 +8,11 @@ The list pages never decode DICOM: thumbnails are lazy `<img>` tags on the cache
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Prefetch, Subquery
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -19,11 +21,11 @@ from pydicom.uid import UID
 
 from dicomcore import rendering, tags
 
-from . import deidentify, outbound, selectors, services
+from . import deidentify, labels, outbound, selectors, services
 from .audit import admin as audit_admin  # noqa: F401 - registers the audit trail's admin
 from .errors import ServiceError
 from .http import viewer
-from .models import Deidentification, DicomPeer, DicomSend, Instance, Quota, Series, Study
+from .models import Deidentification, DicomPeer, DicomSend, Instance, Label, Quota, Series, Study
 from .outcome import Outcome
 from .outcome import counts as status_counts
 from .uploads import as_staged
@@ -280,19 +282,65 @@ def _first_image(**match):
     )
 
 
+class LabelFilter(admin.SimpleListFilter):
+    """Your labels (each user sees only their own), on the object or the study it is in."""
+
+    title = "your label"
+    parameter_name = "label"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in labels.names_of(request.user)]
+
+    def queryset(self, request, queryset):
+        level = "study" if queryset.model is Study else "series"
+        return labels.labelled(queryset, request.user, [self.value()], level=level) if self.value() else queryset
+
+
+class LabelActionForm(helpers.ActionForm):
+    """The changelist's action bar, with the label the label actions put on or take off."""
+
+    label = forms.CharField(max_length=64, required=False, label="Label")
+
+
 class LevelAdmin(OwnerScopedAdmin):
     """What the Study and Series admins share: a representative thumbnail and the instance count of
-    the level (`level`: the Instance field that points at this model), each one subquery per page."""
+    the level (`level`: the Instance field that points at this model), each one subquery per page;
+    the user's labels (one query per page) and their filter and inline."""
 
     level = ""
     ordering = ["-created_at"]
     readonly_fields = ["open_in_viewer"]  # each level's own link (study; series)
+    action_form = LabelActionForm
+    actions = ["add_label", "remove_label"]
 
     def get_queryset(self, request):
         match = {self.level: OuterRef("pk")}
-        return super().get_queryset(request).annotate(
-            first_image=_first_image(**match), n_instances=selectors.related_count(Instance, **match)
-        )
+        return (
+            super().get_queryset(request)
+            .annotate(first_image=_first_image(**match), n_instances=selectors.related_count(Instance, **match))
+            .prefetch_related(Prefetch("labels", queryset=Label.objects.filter(owner=request.user), to_attr="my_labels"))
+        )  # fmt: skip
+
+    @admin.display(description="Your labels")
+    def label_list(self, obj):
+        return ", ".join(label.name for label in getattr(obj, "my_labels", []))
+
+    @admin.action(description="Put the label (typed beside the action) on the selected")
+    def add_label(self, request, queryset):
+        self._label(request, queryset, labels.add, "on")
+
+    @admin.action(description="Take the label (typed beside the action) off the selected")
+    def remove_label(self, request, queryset):
+        self._label(request, queryset, labels.remove, "off")
+
+    def _label(self, request, queryset, change, word: str) -> None:
+        try:
+            name = labels.clean(request.POST.get("label", ""))
+        except ServiceError as exc:
+            self.message_user(request, f"No label changed: {exc.message}", messages.ERROR)
+            return
+        changed = sum(bool(change(request.user, obj, name)) for obj in queryset)
+        self.message_user(request, f"'{name}' {word} {changed} of {len(queryset)} selected", messages.SUCCESS)
 
     @admin.display(description="Image")
     def thumbnail(self, obj):
@@ -308,10 +356,10 @@ class StudyAdmin(LevelAdmin):
     level = "study"
     list_display = [
         "thumbnail", "patient_name", "patient_id", "study_date", "study_description", "accession_number", "series_count", "instance_count",
-        "owner", "open_in_viewer",
+        "label_list", "owner", "open_in_viewer",
     ]  # fmt: skip
     list_display_links = ["thumbnail", "patient_name"]
-    list_filter = ["study_date"]
+    list_filter = ["study_date", LabelFilter]
     search_fields = ["patient_name", "patient_id", "accession_number", "=study_instance_uid"]
     list_select_related = ["owner"]
     date_hierarchy = "study_date"
@@ -327,7 +375,7 @@ class StudyAdmin(LevelAdmin):
     def open_in_viewer(self, obj):
         return viewer_link(obj.study_instance_uid)
 
-    actions = ["deidentify_basic", "deidentify_modified_dates"]
+    actions = ["add_label", "remove_label", "deidentify_basic", "deidentify_modified_dates"]
 
     @admin.action(description="De-identify a copy into my catalogue (PS3.15 Basic Profile)")
     def deidentify_basic(self, request, queryset):
@@ -445,9 +493,9 @@ class DicomSendAdmin(admin.ModelAdmin):
 @admin.register(Series)
 class SeriesAdmin(LevelAdmin):
     level = "series"
-    list_display = ["thumbnail", "series_description", "series_number", "modality", "study_link", "instance_count", "owner"]
+    list_display = ["thumbnail", "series_description", "series_number", "modality", "study_link", "instance_count", "label_list", "owner"]
     list_display_links = ["thumbnail", "series_description"]
-    list_filter = ["modality"]
+    list_filter = ["modality", LabelFilter]
     search_fields = ["series_description", "study__patient_name", "study__patient_id", "=series_instance_uid", "=study__study_instance_uid"]
     list_select_related = ["owner", "study"]
 

@@ -216,6 +216,32 @@ class DicomSend(models.Model):
         return f"{self.ae_title}: {self.status}"
 
 
+class Label(models.Model):
+    """A free-text label one user put on a study or a series (studies/labels.py); each user sees their own."""
+
+    id = models.BigAutoField(primary_key=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labels")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, null=True, blank=True, related_name="labels")
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, null=True, blank=True, related_name="labels")
+    name = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(study__isnull=False, series__isnull=True) | models.Q(study__isnull=True, series__isnull=False),
+                name="label_on_study_or_series",
+            ),
+            models.UniqueConstraint(fields=["owner", "study", "name"], condition=models.Q(study__isnull=False), name="label_once_per_study"),
+            models.UniqueConstraint(fields=["owner", "series", "name"], condition=models.Q(series__isnull=False), name="label_once_per_series"),
+        ]
+        indexes = [models.Index(fields=["owner", "name"], name="label_owner_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Quota(models.Model):
     """One user's storage limits and what they use (studies/quotas.py keeps `used_*` in step with the catalogue, in
     the transactions that add or delete instances). A limit left empty takes the default from settings

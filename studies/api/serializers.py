@@ -306,6 +306,12 @@ class DicomSendSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class LabelsSerializer(serializers.Serializer):
+    """Your labels on a study or series."""
+
+    labels = serializers.ListField(child=serializers.CharField(max_length=64), max_length=100)
+
+
 class DeidentifyRequestSerializer(serializers.Serializer):
     """The choices of a de-identification (PS3.15 Annex E): the Basic Profile always, plus these options."""
 

@@ -18,14 +18,14 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, viewsets
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dicomcore import rendering, tags, zipstream
 
-from .. import bulk_upload, deidentify, outbound, quotas, selectors, services
+from .. import bulk_upload, deidentify, labels, outbound, quotas, selectors, services
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
@@ -46,6 +46,7 @@ from .serializers import (
     DeidentifyRequestSerializer,
     DicomSendSerializer,
     InstanceSerializer,
+    LabelsSerializer,
     SendRequestSerializer,
     SeriesDetailSerializer,
     SeriesSerializer,
@@ -330,10 +331,42 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
     level = "study"
 
     def get_queryset(self):
-        return self.scoped(self.request.user)
+        queryset = self.scoped(self.request.user)
+        if self.action == "list" and (names := self.request.query_params.getlist("label")):
+            queryset = labels.labelled(queryset, self.request.user, names, level=self.level)
+        return queryset
 
     def get_serializer_class(self):
         return self.detail_serializer if self.action == "retrieve" else self.list_serializer
+
+    @extend_schema(
+        summary="Your labels on this object (PUT: make them exactly these)",
+        request=LabelsSerializer,
+        responses={200: LabelsSerializer, **errors(400, 401, 404)},
+    )
+    @action(detail=True, methods=["get", "put"], url_path="labels", parser_classes=[JSONParser])
+    def labels(self, request, pk=None):
+        obj = self.get_object()
+        if request.method == "PUT":
+            body = LabelsSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            return Response({"labels": labels.replace(request.user, obj, body.validated_data["labels"])})
+        return Response({"labels": labels.of(request.user, obj)})
+
+    @extend_schema(
+        summary="Put one label on (PUT: 201, or 200 if it was there) or take it off (DELETE: 204, 404 if it was not)",
+        request=None,
+        responses={200: LabelsSerializer, 201: LabelsSerializer, 204: None, **errors(400, 401, 404)},
+    )
+    @action(detail=True, methods=["put", "delete"], url_path=r"labels/(?P<name>[^/]+)", url_name="label")
+    def label(self, request, pk=None, name=None):
+        obj = self.get_object()
+        if request.method == "DELETE":
+            if not labels.remove(request.user, obj, name):
+                raise NotFound(f"this {self.level} has no label '{name[:64]}'")
+            return Response(status=204)
+        created = labels.add(request.user, obj, name)
+        return Response({"labels": labels.of(request.user, obj)}, status=201 if created else 200)
 
     @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=FirstRendererNegotiation)
     def archive(self, request, pk=None):
@@ -391,6 +424,10 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
     list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A study with its series", responses={200: StudyDetailSerializer, **errors(401, 404)}),
     archive=extend_schema(summary="Download the study as a zip of its original files", responses=ARCHIVE_RESPONSES),
+    label=[
+        extend_schema(methods=["PUT"], operation_id="api_studies_label_add"),
+        extend_schema(methods=["DELETE"], operation_id="api_studies_label_remove"),
+    ],
 )
 class StudyViewSet(LevelViewSet):
     """Studies in your catalogue."""
@@ -452,6 +489,10 @@ class SendViewSet(viewsets.ReadOnlyModelViewSet):
     list=extend_schema(summary="List your series", responses={200: SeriesSerializer, **errors(401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A series with its instances", responses={200: SeriesDetailSerializer, **errors(401, 404)}),
     archive=extend_schema(summary="Download the series as a zip of its original files", responses=ARCHIVE_RESPONSES),
+    label=[
+        extend_schema(methods=["PUT"], operation_id="api_series_label_add"),
+        extend_schema(methods=["DELETE"], operation_id="api_series_label_remove"),
+    ],
 )
 class SeriesViewSet(LevelViewSet):
     """Series in your catalogue."""

@@ -117,7 +117,8 @@ def header_level(tag: str) -> str:
 SPECIFIC_CHARACTER_SET = "00080005"
 INSTANCE_AVAILABILITY = "00080056"
 RETRIEVE_URL = "00081190"
-QUERY_CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "orderby"}
+# `label` is this service's extension: only objects carrying that label of yours (on them or a level above).
+QUERY_CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "orderby", "label"}
 MAX_LIMIT = 1000
 
 
@@ -142,6 +143,7 @@ class Query:
     offset: int = 0
     fuzzy: bool = False
     warnings: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # the `label` extension key, repeatable (all must match)
 
 
 def tag_of(key: str) -> str:
@@ -191,6 +193,8 @@ def _control(query: Query, name: str, value: str) -> None:
         if value.lower() not in ("true", "false"):
             raise QueryError(f"fuzzymatching must be true or false, not '{value[:20]}'")
         query.fuzzy = value.lower() == "true"
+    elif name == "label":
+        query.labels.append(value)
     elif name == "orderby":
         query.warnings.append("orderby is not supported; results are newest first")
     else:  # includefield

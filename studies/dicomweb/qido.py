@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 
-from .. import selectors
+from .. import labels, selectors
 from ..models import Instance, Series, Study
 from . import protocol as web
 
@@ -44,6 +44,8 @@ def search(user, query: web.Query, *, base_url: str, study_uid: str | None = Non
         queryset = queryset.filter(**{f"{PREFIX[level]['series']}series_instance_uid": series_uid})
     for match in query.matches:
         queryset = queryset.filter(_condition(level, match))
+    if query.labels:
+        queryset = labels.labelled(queryset, user, query.labels, level=level)
     merged = selectors.can_view_all(user)
     if merged:
         queryset = one_per_uid(queryset, level)

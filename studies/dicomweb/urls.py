@@ -31,6 +31,8 @@ urlpatterns = [
     path(f"{STUDY}/rendered", views.RenderedView.as_view(), name="dicomweb-study-rendered"),
     path(f"{STUDY}/thumbnail", views.ThumbnailView.as_view(), name="dicomweb-study-thumbnail"),
     path(f"{STUDY}/series", views.SeriesSearchView.as_view(), name="dicomweb-study-series-search"),
+    path(f"{STUDY}/labels", views.StudyLabelsView.as_view(), name="dicomweb-study-labels"),
+    path(f"{STUDY}/labels/<str:name>", views.StudyLabelView.as_view(), name="dicomweb-study-label"),
     path(f"{STUDY}/instances", views.InstanceSearchView.as_view(), name="dicomweb-study-instance-search"),
     path(SERIES, views.RetrieveView.as_view(http_method_names=["get", "head", "options"]), name="dicomweb-series"),
     path(f"{SERIES}/metadata", views.MetadataView.as_view(), name="dicomweb-series-metadata"),

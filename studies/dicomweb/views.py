@@ -14,7 +14,8 @@ import logging
 from itertools import chain
 
 from django.conf import settings
-from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.db.models import Case, When
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.renderers import JSONRenderer
@@ -24,13 +25,14 @@ from dicomcore import frames as frame_reader
 from dicomcore import rendering
 from dicomcore.constants import CHUNK_SIZE
 
-from .. import selectors
+from .. import labels, selectors
 from ..api.authentication import CachedTokenAuthentication, ViewerSessionAuthentication
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.images import image_response
 from ..http.negotiation import NotAcceptable, parse_accept
 from ..imaging import open_stored
+from ..models import Study
 from . import protocol as web
 from . import qido, stow
 
@@ -313,3 +315,39 @@ class RenderedView(DicomWebView):
 
 class ThumbnailView(RenderedView):
     thumbnail = True
+
+
+# --- labels (this service's extension, addressed by Study Instance UID) ---------------------------------------------
+
+
+class StudyLabelsView(DicomWebView):
+    """GET /dicomweb/studies/{uid}/labels: your labels on the study, as {"labels": [...]}."""
+
+    def study(self, uid: str) -> Study:
+        """The study with this UID you may see: your own copy first, else the first stored (view_all); or 404."""
+        found = (
+            selectors.studies_for(self.request.user).filter(study_instance_uid=uid)
+            .order_by(Case(When(owner=self.request.user, then=0), default=1), "created_at", "id").first()
+        )  # fmt: skip
+        if found is None:
+            raise Http404
+        return found
+
+    def get(self, request, study: str):
+        return JsonResponse({"labels": labels.of(request.user, self.study(study))})
+
+
+class StudyLabelView(StudyLabelsView):
+    """PUT /dicomweb/studies/{uid}/labels/{name}: put the label on (201; 200 if there). DELETE: take it off (204)."""
+
+    http_method_names = ["put", "delete", "options"]
+
+    def put(self, request, study: str, name: str):
+        obj = self.study(study)
+        created = labels.add(request.user, obj, name)
+        return JsonResponse({"labels": labels.of(request.user, obj)}, status=201 if created else 200)
+
+    def delete(self, request, study: str, name: str):
+        if not labels.remove(request.user, self.study(study), name):
+            raise Http404
+        return HttpResponse(status=204)
