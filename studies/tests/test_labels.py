@@ -31,10 +31,19 @@ def test_put_get_delete_one_label_and_replace_them_all(api, two):
     assert api.put(f"/api/studies/{study}/labels/", {"labels": ["a", "b", "a"]}, format="json").json() == {"labels": ["a", "b"]}
 
 
-@pytest.mark.parametrize("body", [{"labels": [""]}, {"labels": ["x" * 65]}, {"labels": ["tab\there"]}, {"labels": ["a/b"]}, {"labels": "a"}, {}])
-def test_bad_labels_are_400(api, two, body):
-    response = api.put(f"/api/studies/{two[0].study_id}/labels/", body, format="json")
-    assert response.status_code == 400 and response.json()["code"] in ("invalid", "invalid_parameter")
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"labels": [""]}, "invalid"),  # the body's own checks (DRF): blank, too long, not a list, missing
+        ({"labels": ["x" * 65]}, "invalid"),
+        ({"labels": "a"}, "invalid"),
+        ({}, "invalid"),
+        ({"labels": ["tab\there"]}, "invalid_parameter"),  # the label's own rules (labels.clean)
+        ({"labels": ["a/b"]}, "invalid_parameter"),
+    ],
+)
+def test_bad_labels_are_400(api, two, body, code):
+    assert_error(api.put(f"/api/studies/{two[0].study_id}/labels/", body, format="json"), 400, code)
     assert not Label.objects.exists()
 
 
