@@ -435,8 +435,21 @@ class QuotaAdmin(admin.ModelAdmin):
     has_module_permission = has_view_permission = has_change_permission = has_add_permission = _superuser
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """A read-only list of what happened (sends, de-identifications): staff view their records, nobody edits them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+
 @admin.register(Deidentification)
-class DeidentificationAdmin(admin.ModelAdmin):
+class DeidentificationAdmin(RecordAdmin):
     """De-identified copies, read-only: source, result, options (the UID map only for its owner)."""
 
     list_display = ("created_at", "source_level", "source_id", "result_study", "delivered_as", "instance_count", "owner")
@@ -447,14 +460,6 @@ class DeidentificationAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("result_study", "owner").filter(owner=request.user)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
 
 
 def _send_action(ae_title: str):
@@ -469,7 +474,7 @@ def _send_action(ae_title: str):
 
 
 @admin.register(DicomSend)
-class DicomSendAdmin(admin.ModelAdmin):
+class DicomSendAdmin(RecordAdmin):
     """Sends of studies to DICOM peers, read-only: each one's state and a DIMSE status per instance."""
 
     list_display = ("created_at", "ae_title", "study", "status", "instance_count", "sent_count", "failed_count", "owner")
@@ -480,14 +485,6 @@ class DicomSendAdmin(admin.ModelAdmin):
         queryset = super().get_queryset(request).select_related("study", "owner")
         return queryset if request.user.is_superuser else queryset.filter(owner=request.user)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
 
 
 @admin.register(Series)

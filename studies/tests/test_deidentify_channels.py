@@ -125,3 +125,16 @@ def test_command_bad_arguments_are_clear_errors(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     with pytest.raises(CommandError, match=message):
         call_command("deidentify", str(CT_SMALL), *args, verbosity=0)
+
+
+def test_admin_lists_only_your_own_copies_read_only_and_never_the_uid_map(staff_user, make_user):
+    other_staff = make_user("bob", staff=True)
+    mine = Deidentification.objects.create(owner=staff_user, source_id="a", uid_map={"1.2.3": "2.25.99999"})
+    Deidentification.objects.create(owner=other_staff, source_id="b")
+    client = browser(staff_user)
+    listing = client.get(reverse("admin:studies_deidentification_changelist")).content.decode()
+    assert '<td class="field-source_id">a</td>' in listing and 'class="field-source_id">b<' not in listing
+    page = client.get(reverse("admin:studies_deidentification_change", args=[mine.pk]))
+    assert page.status_code == 200 and "2.25.99999" not in page.content.decode()
+    assert client.post(reverse("admin:studies_deidentification_change", args=[mine.pk]), {}).status_code == 403
+    assert client.get(reverse("admin:studies_deidentification_add")).status_code == 403
