@@ -191,6 +191,7 @@ def scale_pick(prefix: str, admin: str) -> dict:
         "modality": modality,
         "patient_id": studies[0].patient_id,
         "study_uid": studies[-1].study_instance_uid,
+        "accession": studies[-1].accession_number,
         "year": year,
         "family": family,
         "user_studies_1k": len(studies),

@@ -28,6 +28,7 @@ MODALITIES = ["CT", "MR", "CR", "US", "DX", "MG", "PT", "NM"]
 FAMILY = ["Smith", "Jones", "Garcia", "Muller", "Rossi", "Novak", "Silva", "Kim", "Nguyen", "Ivanova"]
 GIVEN = ["Anna", "Ben", "Chloe", "David", "Eva", "Farid", "Grace", "Hugo", "Ines", "Jon"]
 BATCH = 2000
+PROTOCOL_NAME, DIAGNOSES = "00181030", "00081080"  # (0018,1030) ProtocolName, (0008,1080) AdmittingDiagnosesDescription
 
 
 @dataclass
@@ -92,9 +93,6 @@ def seed_catalogue(instances: int, users: int, *, instances_per_series: int = 50
     with open(get_testdata_file("CT_small.dcm"), "rb") as fh:
         source = fh.read()
     parsed = parse_dicom(io.BytesIO(source))
-    # An expression, not a plain dict: Django 5.2 then inserts with VALUES instead of UNNEST(arrays), whose
-    # client-side quoting of ~12 KB of JSON per row (psycopg, in Python) was most of the seeding time.
-    header = Value(parsed.header, output_field=JSONField())
     owners = [User.objects.get_or_create(username=f"{prefix}-user-{n}")[0] for n in range(users)]
     stored = {owner.pk: default_storage.save(seed_file_key(prefix, owner.pk), ContentFile(source)) for owner in owners}
 
@@ -123,6 +121,12 @@ def seed_catalogue(instances: int, users: int, *, instances_per_series: int = 50
                 size = min(per_study, instances - made - len(rows), BATCH - len(rows))
                 for s in range(0, size, instances_per_series):
                     modality = rng.choice(MODALITIES)
+                    # Two header-only attributes for the search scenario: ProtocolName as selective as the series'
+                    # modality (and description), AdmittingDiagnosesDescription unique per study (as its accession).
+                    # An expression, not a plain dict: Django 5.2 then inserts with VALUES instead of UNNEST(arrays),
+                    # whose client-side quoting of ~12 KB of JSON per row (psycopg, in Python) was most of the seeding time.
+                    series_header = Value({**parsed.header, PROTOCOL_NAME: {"vr": "LO", "Value": [f"{modality} protocol"]},
+                                           DIAGNOSES: {"vr": "LO", "Value": [f"D{serial:09d}"]}}, output_field=JSONField())  # fmt: skip
                     series = Series(
                         owner=owner,
                         study=study,
@@ -162,7 +166,7 @@ def seed_catalogue(instances: int, users: int, *, instances_per_series: int = 50
                                 accession_number=study.accession_number,
                                 study_description=study.study_description,
                                 series_description=series.series_description,
-                                header=header,
+                                header=series_header,
                             )
                         )
             Study.objects.bulk_create(studies, batch_size=BATCH)

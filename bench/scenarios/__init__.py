@@ -33,6 +33,7 @@ SCENARIOS = {
         Scenario("viewer", "viewer", "default"),
         Scenario("dicom", "dicom", "default"),
         Scenario("scale", "scale", "long"),
+        Scenario("search", "search", "long"),
         Scenario("memory", "memory", "long"),
         Scenario("load", "load", "long", ("--seconds", "120")),
         Scenario("cluster", "cluster", "long", ("--seconds", "120")),

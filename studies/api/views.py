@@ -25,7 +25,8 @@ from rest_framework.views import APIView
 
 from dicomcore import rendering, tags, zipstream
 
-from .. import bulk_upload, deidentify, labels, outbound, quotas, selectors, services
+from .. import bulk_upload, deidentify, header_search, labels, outbound, quotas, selectors, services
+from ..dicomweb import qido
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..http import params
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
@@ -123,7 +124,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
     def get_queryset(self):
         if self.action == "list":
             params = self.request.query_params
-            return selectors.instance_list(
+            queryset = selectors.instance_list(
                 user=self.request.user,
                 study=params.get("study"),
                 series=params.get("series"),
@@ -133,6 +134,7 @@ class InstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.D
                 study_date_to=_date_param(params, "study_date_to"),
                 search=params.get("search"),
             )
+            return qido.filtered(queryset, header_search.rest_query("instance", params), self.request.user)
         return selectors.instances_for(self.request.user)
 
     def get_throttles(self):
@@ -332,8 +334,11 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         queryset = self.scoped(self.request.user)
-        if self.action == "list" and (names := self.request.query_params.getlist("label")):
-            queryset = labels.labelled(queryset, self.request.user, names, level=self.level)
+        if self.action == "list":
+            params = self.request.query_params
+            if names := params.getlist("label"):
+                queryset = labels.labelled(queryset, self.request.user, names, level=self.level)
+            queryset = qido.filtered(queryset, header_search.rest_query(self.level, params), self.request.user)
         return queryset
 
     def get_serializer_class(self):

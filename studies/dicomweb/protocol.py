@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.uid import UID
 
 from dicomcore.constants import EXPLICIT_LE, IMPLICIT_LE, parse_da
@@ -40,7 +40,7 @@ class Attribute:
     keyword: str
     vr: str
     level: str  # "study", "series" or "instance"
-    column: str | None  # the model field on that level's table (None: computed)
+    column: str | None  # the model field on that level's table (None: computed, or matched in the stored headers)
 
 
 LEVELS = ("study", "series", "instance")
@@ -122,13 +122,22 @@ QUERY_CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "orderby", 
 MAX_LIMIT = 1000
 
 
+# Any other attribute is matched in the stored header JSON of the instances (an object matches when one of its
+# instances does), except values that are not text or numbers: sequences, bulk data, tags, and unknown (private) VRs.
+HEADER_UNMATCHABLE_VRS = frozenset({"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN", "AT"})
+INTEGER_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "UV", "SV"})
+DECIMAL_VRS = frozenset({"DS", "FL", "FD"})
+
+
 @dataclass(frozen=True)
 class Match:
-    """One matching key: the attribute, how to match (`kind`) and the parsed value."""
+    """One matching key: the attribute, how to match (`kind`) and the parsed value. `in_header`: matched in the
+    stored headers of the instances, not a column (the attribute has no column at the queried level)."""
 
     attribute: Attribute
     kind: str  # "universal", "exact", "wildcard", "uids", "range", "modalities"
     value: Any = None
+    in_header: bool = False
 
 
 @dataclass
@@ -157,8 +166,23 @@ def tag_of(key: str) -> str:
     return f"{tag:08X}"
 
 
+def is_attribute_key(name: str) -> bool:
+    """Whether a query parameter names a DICOM attribute (8 hex digits or a keyword of the dictionary)."""
+    return bool(re.fullmatch(r"[0-9A-Fa-f]{8}", name)) or tag_for_keyword(name) is not None
+
+
+def header_attribute(tag: str) -> Attribute:
+    """An attribute without a column at the queried level: matched in the stored headers (`Match.in_header`)."""
+    keyword = keyword_for_tag(int(tag, 16)) or tag
+    return Attribute(tag, keyword, vr_of(tag), header_level(tag), None)
+
+
 def parse_query(level: str, params: Iterable[tuple[str, str]], *, default_limit: int = 100) -> Query:
-    """QIDO-RS query parameters (as (name, value) pairs, repeats kept) → Query."""
+    """QIDO-RS query parameters (as (name, value) pairs, repeats kept) → Query.
+
+    A key with a column at this level (or a level above) matches the column; any other attribute matches the
+    stored headers of the instances (`Match.in_header`) and is returned as well. Keys that cannot be matched
+    (computed counts, sequences, binary values, unknown private tags) are ignored with a warning."""
     query = Query(level=level, limit=default_limit)
     levels = LEVELS[: LEVELS.index(level) + 1]
     for name, value in params:
@@ -167,12 +191,18 @@ def parse_query(level: str, params: Iterable[tuple[str, str]], *, default_limit:
             continue
         tag = tag_of(name)
         attribute = BY_TAG.get(tag)
-        if attribute is None or attribute.level not in levels or tag in NOT_MATCHABLE:
+        if attribute is not None and attribute.level in levels and tag not in NOT_MATCHABLE:
+            query.matches.append(parse_match(attribute, value))
+            continue
+        query.include.add(tag)
+        stored = header_attribute(tag)
+        if tag in NOT_MATCHABLE or stored.vr in HEADER_UNMATCHABLE_VRS:
             # PS3.18 8.3.4.1: unsupported matching keys are ignored, with a Warning; they are still returned.
-            query.include.add(tag)
             query.warnings.append(f"matching on {name[:64]} is not supported; it was ignored")
             continue
-        query.matches.append(parse_match(attribute, value))
+        match = parse_match(stored, value)
+        if match.kind != "universal":
+            query.matches.append(Match(stored, match.kind, match.value, in_header=True))
     return query
 
 
@@ -230,10 +260,18 @@ def parse_match(attribute: Attribute, raw: str) -> Match:
         return Match(attribute, "range", _range(value, _date, attribute.keyword))
     if attribute.vr == "TM":
         return Match(attribute, "range", _range(value, _time, attribute.keyword))
-    if attribute.vr in ("IS", "US"):
-        if not re.fullmatch(r"[+-]?\d{1,9}", value):
+    if attribute.vr == "DT":
+        return Match(attribute, "range", _range(value, _datetime, attribute.keyword))
+    if attribute.vr in INTEGER_VRS:
+        digits = 9 if attribute.column else 18  # the columns are 32-bit integers; header values up to 64-bit
+        if not re.fullmatch(rf"[+-]?\d{{1,{digits}}}", value):
             raise QueryError(f"{attribute.keyword} must be a whole number, not '{value[:20]}'")
         return Match(attribute, "exact", int(value))
+    if attribute.vr in DECIMAL_VRS:
+        if not re.fullmatch(r"[+-]?(\d{1,16}(\.\d{0,16})?|\.\d{1,16})([eE][+-]?\d{1,3})?", value):
+            raise QueryError(f"{attribute.keyword} must be a number, not '{value[:20]}'")
+        number = float(value)
+        return Match(attribute, "exact", int(number) if number.is_integer() else number)
     if "*" in value or "?" in value:
         return Match(attribute, "wildcard", value)
     return Match(attribute, "exact", value)
@@ -266,6 +304,14 @@ def _time(text: str, keyword: str) -> str:
     if not re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", text):
         raise QueryError(f"{keyword} must be a time HHMMSS or a range HHMMSS-HHMMSS, not '{text[:20]}'")
     return text.split(".")[0].ljust(6, "0")
+
+
+def _datetime(text: str, keyword: str) -> str:
+    """A DT value (YYYY[MM[DD[HH[MM[SS[.F]]]]]], no offset) as its digits, for comparison with stored values."""
+    text = text.strip()
+    if not re.fullmatch(r"\d{4}(\d{2}){0,5}(\.\d{1,6})?", text):
+        raise QueryError(f"{keyword} must be a date-time YYYYMMDDHHMMSS or a range of two, not '{text[:26]}'")
+    return text
 
 
 def wildcard_regex(pattern: str) -> str:

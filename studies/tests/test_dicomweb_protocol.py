@@ -39,11 +39,20 @@ def test_parse_query_reads_keywords_tags_and_controls():
     assert query.include == {"00080021"}
 
 
-def test_parse_query_ignores_unsupported_keys_with_a_warning_and_returns_them():
-    query = web.parse_query("study", [("OperatorsName", "X"), ("SeriesDescription", "y")])
+def test_parse_query_ignores_unmatchable_keys_with_a_warning_and_returns_them():
+    query = web.parse_query("study", [("ReferencedSeriesSequence", "X"), ("PixelData", "y"), ("NumberOfStudyRelatedSeries", "2")])
     assert not query.matches
-    assert query.include == {"00081070", "0008103E"}  # a series key is not matched at study level
-    assert len(query.warnings) == 2
+    assert query.include == {"00081115", "7FE00010", "00201206"}  # a sequence, bulk data, a computed count
+    assert len(query.warnings) == 3
+
+
+def test_parse_query_matches_keys_without_a_column_in_the_headers():
+    query = web.parse_query("study", [("OperatorsName", "X"), ("SeriesDescription", "y")])
+    assert [(m.attribute.keyword, m.kind, m.value, m.in_header) for m in query.matches] == [
+        ("OperatorsName", "exact", "X", True),
+        ("SeriesDescription", "exact", "y", True),  # a series column, not one of the study level
+    ]
+    assert query.include == {"00081070", "0008103E"} and not query.warnings
 
 
 def test_limit_is_capped_with_a_warning():
