@@ -20,7 +20,7 @@ FAST_MARKERS := not slow and not e2e
 S3_TEST_MODULES := studies/tests/test_s3_storage.py studies/tests/test_api_upload.py studies/tests/test_api_bulk.py \
 	studies/tests/test_api_images.py studies/tests/test_api_reads.py studies/tests/test_dicomweb.py studies/tests/test_services.py \
 	studies/tests/test_storescp.py studies/tests/test_bulk_import.py studies/tests/test_deidentify_api.py \
-	studies/tests/test_deidentify_channels.py
+	studies/tests/test_deidentify_channels.py studies/tests/test_shares.py
 
 .PHONY: run serve worker test test-fast test-s3 lint install install-test install-bench system-deps nginx viewer admin-password schema clean
 

@@ -233,6 +233,9 @@ STORAGES = {
 # --- DICOM service -------------------------------------------------------------------
 DICOM_MAX_UPLOAD_BYTES = env_int("DICOM_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 # Per-user storage quotas: the defaults for users whose limits are not set in the admin (0: no limit).
+# Share links (studies/shares.py): how long a new link lives unless its maker says, and the most it may.
+DICOM_SHARE_DEFAULT_HOURS = env_int("DICOM_SHARE_DEFAULT_HOURS", 7 * 24)
+DICOM_SHARE_MAX_HOURS = env_int("DICOM_SHARE_MAX_HOURS", 30 * 24)
 DICOM_QUOTA_BYTES = env_int("DICOM_QUOTA_BYTES", 0)
 DICOM_QUOTA_INSTANCES = env_int("DICOM_QUOTA_INSTANCES", 0)
 # Outbound C-STORE ("send this study to AE X", studies/outbound.py): this node's calling AE title, the attempts per

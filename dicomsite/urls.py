@@ -22,6 +22,7 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     path("api/", include("studies.api.urls")),
     path("dicomweb/", include("studies.dicomweb.urls")),
+    path("share/", include("studies.http.shares")),
     path("viewer/app-config.js", viewer.app_config, name="viewer-config"),
     path("viewer/", viewer.viewer, name="viewer"),
     re_path(r"^viewer/(?P<path>.+)$", viewer.viewer, name="viewer-path"),

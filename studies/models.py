@@ -281,5 +281,30 @@ class Deidentification(models.Model):
         return f"de-identified {self.source_level} {self.source_id}"
 
 
+class ShareLink(models.Model):
+    """A link to one study for someone without an account (studies/shares.py): viewer and zip, until it expires or
+    is revoked. Only a digest of its secret is kept; the link itself is shown once, when it is made."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="share_links")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="share_links")
+    token_digest = models.CharField(max_length=64, unique=True, editable=False)  # SHA-256 of the link's secret, hex
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # De-identified on the fly (PS3.15 Basic Profile and these options): the zip only, never the originals.
+    deidentify = models.BooleanField(default=False)
+    deid_options = models.JSONField(default=list, blank=True)
+    deid_secret = models.CharField(max_length=64, blank=True, editable=False)  # the same new UIDs at every download
+    uses = models.PositiveIntegerField(default=0, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"share link {self.pk}"
+
+
 # The audit trail's model lives with the rest of the audit unit; importing it here registers it in this app.
 from .audit.models import AuditEvent  # noqa: E402, F401

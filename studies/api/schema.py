@@ -12,6 +12,7 @@ def errors(*statuses: int, **described: str) -> dict:
     texts = {
         400: "Invalid input.",
         401: "Not authenticated.",
+        403: "You may see this object but not do this to it.",
         404: "No such object in your catalogue.",
         409: "Conflict.",
         413: "Upload too large.",

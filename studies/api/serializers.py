@@ -13,7 +13,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from .. import selectors
-from ..models import Deidentification, DicomSend, Instance, Series, Study
+from ..models import Deidentification, DicomSend, Instance, Series, ShareLink, Study
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -364,3 +364,42 @@ class DeidentificationSerializer(serializers.ModelSerializer):
         model = Deidentification
         fields = ["id", "url", "source_level", "source_id", "result_study", "delivered_as", "options", "instance_count", "uid_map", "created_at"]
         read_only_fields = fields
+
+
+class ShareRequestSerializer(serializers.Serializer):
+    """A share link to one study: how long it lives, and whether it shares a de-identified copy."""
+
+    expires_in_hours = serializers.IntegerField(
+        required=False, min_value=1, help_text="default 168 (DICOM_SHARE_DEFAULT_HOURS), at most 720 (DICOM_SHARE_MAX_HOURS)"
+    )
+    deidentify = serializers.BooleanField(default=False, help_text="share a de-identified copy (the Basic Profile and `options`), as a zip only")
+    options = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list, max_length=16,
+        help_text="de-identification options (the field names of POST .../deidentify/, e.g. retain_modified_dates)",
+    )  # fmt: skip
+    confirm_burned_in = serializers.BooleanField(default=False, help_text="you checked: no image shows identity in its pixels")
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:  # a misspelt option must not silently share more than asked
+            raise serializers.ValidationError({unknown[0]: f"unknown field; the fields are {', '.join(self.fields)}"})
+        if attrs.get("options") and not attrs.get("deidentify"):
+            raise serializers.ValidationError({"options": "options apply to a de-identified share only (deidentify: true)"})
+        return attrs
+
+
+class ShareLinkSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="share-detail", lookup_field="pk")
+    study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
+    options = serializers.ListField(source="deid_options", child=serializers.CharField(), read_only=True)
+    live = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ShareLink
+        fields = ["id", "url", "study", "study_instance_uid", "created_at", "expires_at", "revoked_at", "live", "deidentify", "options", "uses", "last_used_at"]
+        read_only_fields = fields
+
+    def get_live(self, link) -> bool:
+        from ..shares import is_live  # the service imports these serializers' models only
+
+        return is_live(link)

@@ -13,6 +13,7 @@ router.register("studies", views.StudyViewSet, basename="study")
 router.register("series", views.SeriesViewSet, basename="series")
 router.register("sends", views.SendViewSet, basename="send")
 router.register("deidentifications", views.DeidentificationViewSet, basename="deidentification")
+router.register("shares", views.ShareLinkViewSet, basename="share")
 
 # The tag route answers its common case without DRF's dispatch (lean.py), in front of the router's own route.
 (_tag_route,) = [route for route in router.urls if isinstance(route, URLPattern) and route.name == "instance-tag"]

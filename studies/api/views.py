@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import FileResponse, StreamingHttpResponse
 from django.urls import reverse
-from django.utils.http import content_disposition_header
+from django.utils.http import content_disposition_header, urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from dicomcore import rendering, tags, zipstream
 
-from .. import bulk_upload, deidentify, header_search, labels, outbound, quotas, selectors, services
+from .. import bulk_upload, deidentify, header_search, labels, outbound, quotas, selectors, services, shares
 from ..dicomweb import qido
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..http import params
@@ -33,7 +33,7 @@ from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.errors import error_response
 from ..http.images import image_response
 from ..http.status import HTTP_STATUS
-from ..models import Deidentification, DicomSend
+from ..models import Deidentification, DicomSend, ShareLink
 from ..outcome import Reason
 from ..outcome import counts as status_counts
 from ..uploads import as_staged
@@ -51,6 +51,8 @@ from .serializers import (
     SendRequestSerializer,
     SeriesDetailSerializer,
     SeriesSerializer,
+    ShareLinkSerializer,
+    ShareRequestSerializer,
     StudyDetailSerializer,
     StudySerializer,
     TagValueSerializer,
@@ -376,7 +378,7 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"], url_path="archive", content_negotiation_class=FirstRendererNegotiation)
     def archive(self, request, pk=None):
         obj = self.get_object()
-        return _archive_response(obj.instances.all(), f"{self.level}-{getattr(obj, self.uid_field)}.zip")
+        return archive_response(obj.instances.all(), f"{self.level}-{getattr(obj, self.uid_field)}.zip")
 
     @extend_schema(
         summary="Make a de-identified copy (PS3.15 Annex E): a new study in your catalogue, or a zip",
@@ -426,7 +428,7 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(401, 404, e404="No such page.")}),
+    list=extend_schema(summary="List your studies", responses={200: StudySerializer, **errors(400, 401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A study with its series", responses={200: StudyDetailSerializer, **errors(401, 404)}),
     archive=extend_schema(summary="Download the study as a zip of its original files", responses=ARCHIVE_RESPONSES),
     label=[
@@ -436,6 +438,35 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
 )
 class StudyViewSet(LevelViewSet):
     """Studies in your catalogue."""
+
+    @extend_schema(
+        summary="Share the study by a link, for someone without an account (viewer and zip, until it expires)",
+        description=(
+            "201: the link (`link`, and its `viewer`, `zip` and `dicomweb` addresses), shown this once: only a digest "
+            "of its secret is kept. It opens this study only, read-only, until `expires_at` or DELETE /api/shares/{id}/. "
+            "`deidentify: true` shares a de-identified copy (the Basic Profile and `options`), made on the fly, as a zip "
+            "only; 422 `burned_in_annotation` as for a de-identified copy unless `confirm_burned_in`."
+        ),
+        request=ShareRequestSerializer,
+        responses={201: ShareLinkSerializer, **errors(400, 401, 403, 404, 422, e403="The study is not yours (view_all sees it, only its owner shares it).", e422="Images that may show identity in their pixels.")},
+    )
+    @action(detail=True, methods=["post"], url_path="share", parser_classes=[JSONParser])
+    def share(self, request, pk=None):
+        study = self.get_object()
+        if study.owner_id != request.user.pk:
+            raise PermissionDenied("only the study's owner can share it")
+        body = ShareRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        options = list(data["options"]) if data["deidentify"] else None
+        link, secret = shares.create(owner=request.user, study=study, expires_in_hours=data.get("expires_in_hours"),
+                                     deidentify_options=options, confirm_burned_in=data["confirm_burned_in"])  # fmt: skip
+        out = ShareLinkSerializer(link, context={"request": request}).data
+        base = request.build_absolute_uri(f"/share/{secret}")
+        out.update({"link": f"{base}/", "zip": f"{base}/zip", "viewer": None, "dicomweb": None})
+        if not link.deidentify:
+            out.update({"viewer": f"{base}/viewer?{urlencode({'StudyInstanceUIDs': study.study_instance_uid})}", "dicomweb": f"{base}/dicomweb"})
+        return Response(out, status=201, headers={"Location": str(out["url"])})
 
     @extend_schema(
         summary="Send the study to a DICOM peer (C-STORE, in the background)",
@@ -475,6 +506,24 @@ class DeidentificationViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 @extend_schema_view(
+    list=extend_schema(summary="Your share links, newest first", responses={200: ShareLinkSerializer, **errors(401, 404, e404="No such page.")}),
+    retrieve=extend_schema(summary="One share link: its study, expiry and uses (never its secret)", responses={200: ShareLinkSerializer, **errors(401, 404)}),
+    destroy=extend_schema(summary="Revoke a share link (it opens nothing from now on; the record stays)", responses={204: None, **errors(401, 404)}),
+)
+class ShareLinkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """Your share links (POST /api/studies/{id}/share/ makes one)."""
+
+    serializer_class = ShareLinkSerializer
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        return ShareLink.objects.filter(owner=self.request.user).select_related("study")
+
+    def perform_destroy(self, instance):
+        shares.revoke(instance)
+
+
+@extend_schema_view(
     list=extend_schema(
         summary="Your sends of studies to DICOM peers, newest first", responses={200: DicomSendSerializer, **errors(401, 404, e404="No such page.")}
     ),
@@ -491,7 +540,7 @@ class SendViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your series", responses={200: SeriesSerializer, **errors(401, 404, e404="No such page.")}),
+    list=extend_schema(summary="List your series", responses={200: SeriesSerializer, **errors(400, 401, 404, e404="No such page.")}),
     retrieve=extend_schema(summary="A series with its instances", responses={200: SeriesDetailSerializer, **errors(401, 404)}),
     archive=extend_schema(summary="Download the series as a zip of its original files", responses=ARCHIVE_RESPONSES),
     label=[
@@ -509,7 +558,7 @@ class SeriesViewSet(LevelViewSet):
     level = "series"
 
 
-def _archive_response(instances, filename: str) -> StreamingHttpResponse:
+def archive_response(instances, filename: str) -> StreamingHttpResponse:
     """Stream a zip (STORED members named <SeriesInstanceUID>/<SOPInstanceUID>.dcm): memory stays flat,
     and a client that disconnects stops the generator, closing the file being read."""
     members = (

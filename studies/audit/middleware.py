@@ -19,7 +19,8 @@ from .events import write_event
 
 logger = logging.getLogger(__name__)
 
-AUDITED_PREFIXES = ("/api/instances", "/api/studies", "/api/series", "/api/tags", "/api/auth", "/dicomweb/", "/admin/studies/")
+AUDITED_PREFIXES = ("/api/instances", "/api/studies", "/api/series", "/api/tags", "/api/auth", "/api/shares", "/dicomweb/", "/share/",
+                    "/admin/studies/")  # fmt: skip
 OBJECT_TYPES = {"instance": "instance", "study": "study", "series": "series"}
 
 
@@ -43,6 +44,11 @@ def record(request, status: int) -> None:
     # DRF authenticates (token, basic) inside the view and sets the user on Django's request too.
     user = getattr(request, "user", None)
     authenticated = bool(user is not None and user.is_authenticated)
+    link = getattr(request, "share_link", None)
+    if link is not None or request.path.startswith("/share/"):
+        # A share link's recipient has no account: the use is the link's (never its secret, which is in the path).
+        user, authenticated = None, False
+        object_type, object_id = ("share", str(link.pk)) if link is not None else ("", "")
     outcome = _outcome(status)
     if status == 404 and authenticated and object_type and object_id and _exists(object_type, object_id):
         outcome = "denied"
@@ -68,6 +74,8 @@ def describe(request) -> tuple[str, str, str]:
         except Resolver404:
             return "unknown-route", "", ""
     name = match.url_name or "unknown"
+    if request.path.startswith("/share/"):
+        return name[:64], "", ""  # record() names the link
     if request.path.startswith("/admin/"):
         action = "admin-" + name.removeprefix("studies_").replace("_", "-")
         object_id = str(match.kwargs.get("object_id", ""))

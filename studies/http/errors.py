@@ -20,6 +20,9 @@ from ..dicomweb.protocol import QueryError
 from ..errors import ServiceError
 from .negotiation import NotAcceptable
 
+# Where every answer, errors included, is the service's JSON (a share link's routes too: studies/http/shares.py).
+API_PREFIXES = ("/api/", "/dicomweb/", "/share/")
+
 # Errors of the pure DICOM core, mapped to (status, code).
 DICOM_ERRORS: list[tuple[type[Exception], int, str]] = [
     (InvalidDicom, 400, "invalid_dicom"),
@@ -93,13 +96,13 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 
 def not_found(request, exception=None):
     """404 for URLs no route matches: JSON under /api/, Django's page elsewhere."""
-    if request.path.startswith(("/api/", "/dicomweb/")):
+    if request.path.startswith(API_PREFIXES):
         return JsonResponse(error_body("no such endpoint", "not_found"), status=404)
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request):
     """500 as JSON under /api/ (the service aims never to produce one)."""
-    if request.path.startswith(("/api/", "/dicomweb/")):
+    if request.path.startswith(API_PREFIXES):
         return JsonResponse(error_body("internal error; it has been logged", "server_error"), status=500)
     return defaults.server_error(request)

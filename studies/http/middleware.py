@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpResponseBadRequest, JsonResponse
 
-from .errors import error_body
+from .errors import API_PREFIXES, error_body
 
 
 class RejectNulInQueryMiddleware:
@@ -17,13 +17,12 @@ class RejectNulInQueryMiddleware:
     def __call__(self, request):
         if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
             message = "query parameters must not contain NUL characters"
-            if request.path.startswith(("/api/", "/dicomweb/")):
+            if request.path.startswith(API_PREFIXES):
                 return JsonResponse(error_body(message, "invalid_parameter"), status=400)
             return HttpResponseBadRequest(message)
         return self.get_response(request)
 
 
-API_PREFIXES = ("/api/", "/dicomweb/")
 # What a non-JSON error page under the API prefixes becomes (Django's own pages: DEBUG's technical 404/500,
 # CommonMiddleware's redirects are not errors and pass).
 PAGE_ERRORS = {

@@ -71,9 +71,10 @@ def _isolated(response: HttpResponseBase) -> HttpResponseBase:
     return response
 
 
-def app_config_js(dicomweb_root: str) -> str:
+def app_config_js(dicomweb_root: str, *, router_basename: str | None = None, study_list: bool = True) -> str:
     """OHIF's window.config for this service: one DICOMweb data source at `dicomweb_root` (a path on this origin
-    unless DICOMWEB_BASE_URL names another), the study list, nothing external."""
+    unless DICOMWEB_BASE_URL names another), the study list, nothing external. A share link's viewer has its own
+    root and base path, and no study list (studies.http.shares)."""
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
         "sourceName": "dicomweb",
@@ -93,11 +94,11 @@ def app_config_js(dicomweb_root: str) -> str:
         },
     }
     config = {
-        "routerBasename": settings.DICOM_VIEWER_PREFIX.rstrip("/"),
+        "routerBasename": router_basename or settings.DICOM_VIEWER_PREFIX.rstrip("/"),
         "extensions": [],
         "modes": [],
         "customizationService": {},
-        "showStudyList": True,
+        "showStudyList": study_list,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,
         "showCPUFallbackMessage": True,
@@ -149,6 +150,24 @@ def viewer(request, path: str = ""):
     if not (request.user.is_authenticated and request.user.is_active):
         return redirect_to_login(request.get_full_path(), login_url=reverse("admin:login"))
     response = HttpResponse((root / "index.html").read_bytes(), content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    return _isolated(response)
+
+
+def index_page(config_url: str) -> HttpResponseBase:
+    """The build's index.html loading its configuration from `config_url` (a share link's viewer), or the 503 page."""
+    root = viewer_root()
+    if root is None:
+        page = NOT_INSTALLED.format(version=settings.DICOM_VIEWER_VERSION)
+        return _isolated(HttpResponse(page, status=503, content_type="text/html; charset=utf-8"))
+    html = (root / "index.html").read_text(encoding="utf-8").replace(f"{settings.DICOM_VIEWER_PREFIX}app-config.js", config_url)
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "private, no-store"
+    return _isolated(response)
+
+
+def config_response(js: str) -> HttpResponseBase:
+    response = HttpResponse(js, content_type="text/javascript; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     return _isolated(response)
 
