@@ -448,7 +448,10 @@ class StudyViewSet(LevelViewSet):
             "only; 422 `burned_in_annotation` as for a de-identified copy unless `confirm_burned_in`."
         ),
         request=ShareRequestSerializer,
-        responses={201: ShareLinkSerializer, **errors(400, 401, 403, 404, 422, e403="The study is not yours (view_all sees it, only its owner shares it).", e422="Images that may show identity in their pixels.")},
+        responses={
+            201: ShareLinkSerializer,
+            **errors(400, 401, 403, 404, 422, e403="The study is not yours: only its owner shares it.", e422="Images that may show identity in their pixels."),
+        },
     )
     @action(detail=True, methods=["post"], url_path="share", parser_classes=[JSONParser])
     def share(self, request, pk=None):
