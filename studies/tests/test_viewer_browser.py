@@ -261,3 +261,35 @@ def test_another_users_study_does_not_open(make_user, context, live_server):
     image = canvas_image(page)
     assert image is None or np.asarray(image, dtype=float).std() == 0
     page.close()
+
+
+# --- share links ---------------------------------------------------------------------------------------
+
+
+def test_a_share_link_opens_its_study_in_ohif_without_an_account(make_user, context, live_server):
+    """The recipient has no account and no session: the link's own viewer page draws the study from the link's
+    DICOMweb routes; another study of the same owner, asked for under the same link, does not open."""
+    owner = make_user("alice", staff=True)
+    study_uid = stored(owner, fresh(pydicom.dcmread(PYDICOM_TEST_FILES / "MR_small.dcm")))["study_instance_uid"]
+    other_uid = stored(owner, fresh(pydicom.dcmread(CT_SMALL)))["study_instance_uid"]
+    study_id = client_for(owner).get("/api/studies/", {"StudyInstanceUID": study_uid}).json()["results"][0]["id"]
+    link = client_for(owner).post(f"/api/studies/{study_id}/share/", {}, format="json").json()
+    base = link["link"].removeprefix("http://testserver").rstrip("/")
+    context.clear_cookies()
+    page, seen = watched_page(context, live_server.url)
+    page.goto(f"{base}/viewer?StudyInstanceUIDs={study_uid}")
+    image = drawn_image(page)
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(ARTIFACTS / "viewer-share-link.png"))
+    assert np.unique(np.asarray(image)).size > 8
+    assert seen.frames and all(url.startswith(f"{live_server.url}{base}/dicomweb/") for url in seen.frames)
+    assert_clean(seen)
+    assert AuditEvent.objects.filter(object_type="share", action="share-dicomweb-frames", outcome="success").exists()
+    page.close()
+
+    page, seen = watched_page(context, live_server.url)
+    page.goto(f"{base}/viewer?StudyInstanceUIDs={other_uid}")
+    expect(page.locator("body")).to_contain_text("One or more of the requested studies are not available")
+    page.wait_for_load_state("networkidle")
+    assert seen.frames == set()
+    page.close()
