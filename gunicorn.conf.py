@@ -22,6 +22,8 @@ max_requests_jitter = min(200, max_requests // 10)  # each worker recycles after
 # The access log shows the path without the query string: ?search= and ?patient_id= carry patient data.
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms req=%({x-request-id}o)s'
+# A share link's secret is in its path: logged as /share/-/... (dicomsite/accesslog.py).
+logger_class = "dicomsite.accesslog.AccessLogger"
 errorlog = "-"
 limit_request_line = 8190
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")

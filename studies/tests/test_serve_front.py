@@ -208,6 +208,29 @@ def test_static_files_are_served_by_nginx_from_the_collected_root(front):
     assert "/static/" not in front.log.read_text(errors="replace"), "gunicorn served a static file"
 
 
+def test_share_link_secrets_stay_out_of_both_access_logs(front):
+    """A share link's secret opens a study to whoever has it: nginx's and gunicorn's access logs show /share/-/."""
+    _, _, body = front.get(f"/api/instances/{front.instance_id}/")
+    study = json.loads(body)["study"]
+    request = urllib.request.Request(
+        f"{front.base}/api/studies/{study}/share/", data=b"{}", method="POST",
+        headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    link = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    secret = link["link"].rstrip("/").rsplit("/", 1)[1]
+    anonymous = {"Authorization": ""}
+    assert front.get(f"/share/{secret}/", anonymous)[0] == 200
+    assert front.get(f"/share/{secret}/dicomweb/studies", anonymous)[0] == 200
+    logs = (front.run_dir / "logs" / "access.log", front.log)
+    deadline = time.monotonic() + 10
+    while not all("/share/-/dicomweb/studies" in log.read_text() for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.1)  # each server writes its log line after the answer
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert secret not in text, log
+        assert "/share/-/dicomweb/studies" in text, log
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
