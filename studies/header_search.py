@@ -18,6 +18,7 @@ of its instances matches every header key".
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from django.db import NotSupportedError, connection
@@ -88,8 +89,10 @@ class IndexedSearch(Expression):
         if self.owner_id is not None:
             conditions.append((f"hs.{quote('owner_id')} = %s", [self.owner_id]))
         where = " AND ".join(sql for sql, _ in conditions)
-        inner = f"SELECT hs.{quote(self.column)} FROM {quote(Instance._meta.db_table)} AS hs WHERE {where} OFFSET 0"
-        return f"{pk} IN ({inner})", (*params, *(p for _, values in conditions for p in values))
+        inner = f"SELECT hs.{quote(self.column)} FROM {quote(Instance._meta.db_table)} AS hs WHERE {where}"
+        if os.environ.get("HS_MODE") == "in":
+            return f"{pk} IN ({inner} OFFSET 0)", (*params, *(p for _, values in conditions for p in values))
+        return f"{pk} = ANY(ARRAY({inner}))", (*params, *(p for _, values in conditions for p in values))
 
 
 class HeaderMatch(Expression):
