@@ -132,6 +132,10 @@ class Instance(models.Model):
             models.Index(fields=["owner", "modality", "-uploaded_at"], name="instance_owner_modality"),
             models.Index(fields=["owner", "patient_id"], name="instance_owner_patient"),
             models.Index(fields=["owner", "study_date"], name="instance_owner_study_date"),
+            # A study's or series' first instance (QIDO-RS returns elements of the level from its header), and a
+            # series' instances in order.
+            models.Index(fields=["study", "instance_number", "uploaded_at"], name="instance_study_first"),
+            models.Index(fields=["series", "instance_number", "uploaded_at"], name="instance_series_first"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["owner", "sha256"], name="instance_unique_bytes_per_owner"),
