@@ -75,15 +75,18 @@ def create(
     return link, secret
 
 
-def open_link(secret: str) -> ShareLink:
-    """The live link with this secret, counted as used; ShareNotFound or ShareExpired."""
+def open_link(secret: str, *, count: bool = True) -> ShareLink:
+    """The live link with this secret, counted as used (`uses`, `last_used_at`) unless `count` is off; ShareNotFound
+    or ShareExpired. The viewer's DICOMweb reads are not counted (a study of 200 frames would be 200 writes to one
+    row, in parallel); each of them is an audit event all the same."""
     link = ShareLink.objects.select_related("study", "owner").filter(token_digest=digest(secret)).first()
     if link is None:
         raise ShareNotFound("no such share link")
     now = timezone.now()
     if link.revoked_at is not None or link.expires_at <= now:
         raise ShareExpired("this share link has expired or was revoked")
-    ShareLink.objects.filter(pk=link.pk).update(uses=F("uses") + 1, last_used_at=now)
+    if count:
+        ShareLink.objects.filter(pk=link.pk).update(uses=F("uses") + 1, last_used_at=now)
     return link
 
 

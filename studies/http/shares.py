@@ -38,7 +38,7 @@ class ShareLinkAuthentication(BaseAuthentication):
 
     def authenticate(self, request):
         secret = getattr(request.parser_context["view"], "secret", "")  # ShareView.dispatch took it from the URL
-        link = shares.open_link(secret)  # ShareNotFound (404), ShareExpired (410)
+        link = shares.open_link(secret, count=False)  # ShareNotFound (404), ShareExpired (410)
         request._request.share_link = link  # the audit trail records the use as the link's
         if link.deidentify:
             raise shares.ShareZipOnly("this link shares a de-identified copy: download it from its zip")
