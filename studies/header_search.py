@@ -48,7 +48,42 @@ def matching(queryset: QuerySet, level: str, matches: list[web.Match], *, owner_
     return queryset.filter(Exists(Instance.objects.filter(*conditions, **{column: OuterRef("pk"), "owner": OuterRef("owner_id")})))
 
 
-class IndexedSearch(Expression):
+class _MatchExpression(Expression):
+    """A boolean condition over one column of the instance row (`source`), compared by what it matches: Django
+    hashes expressions, and a Match's value may be a list."""
+
+    conditional = True
+    output_field = BooleanField()
+
+    def __init__(self, source: Any):
+        super().__init__()
+        self.source = source
+
+    def _key(self) -> tuple:
+        raise NotImplementedError
+
+    @property
+    def identity(self):
+        return (type(self), self._key(), self.source)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.identity == self.identity
+
+    def __hash__(self):
+        return hash(self.identity)
+
+    def get_source_expressions(self):
+        return [self.source]
+
+    def set_source_expressions(self, exprs):
+        (self.source,) = exprs
+
+
+def _match_key(match: web.Match) -> tuple:
+    return (match.attribute.tag, match.kind, repr(match.value))
+
+
+class IndexedSearch(_MatchExpression):
     """PostgreSQL, when the GIN index on header_terms can answer one of the matches: `pk = ANY(ARRAY(the instances
     (or their studies or series) matching them all))`, that inner query run once, on its own, from the index.
 
@@ -59,33 +94,15 @@ class IndexedSearch(Expression):
     the owner's every row, and at the instance level chose a nested loop over series: 28 ms against 14 ms for the
     same QIDO-RS page (1 in 8 of 26,000 rows)."""
 
-    conditional = True
-    output_field = BooleanField()
-
-    def __init__(self, matches: list[web.Match], column: str, owner_id: int | None = None, pk: Any = None):
-        super().__init__()
+    def __init__(self, matches: list[web.Match], column: str, owner_id: int | None = None):
+        super().__init__(F("pk"))
         self.matches, self.column, self.owner_id = matches, column, owner_id
-        self.pk = pk if pk is not None else F("pk")
 
-    @property
-    def identity(self):
-        found = tuple((m.attribute.tag, m.kind, repr(m.value)) for m in self.matches)
-        return (type(self), self.column, found, self.owner_id, self.pk)
-
-    def __eq__(self, other):
-        return isinstance(other, IndexedSearch) and other.identity == self.identity
-
-    def __hash__(self):
-        return hash(self.identity)
-
-    def get_source_expressions(self):
-        return [self.pk]
-
-    def set_source_expressions(self, exprs):
-        (self.pk,) = exprs
+    def _key(self) -> tuple:
+        return (self.column, tuple(_match_key(m) for m in self.matches), self.owner_id)
 
     def as_sql(self, compiler, connection):
-        pk, params = compiler.compile(self.pk)
+        pk, params = compiler.compile(self.source)
         quote = connection.ops.quote_name
         conditions = [_pg_condition(m, header=f"hs.{quote('header')}", terms=f"hs.{quote(TERMS_COLUMN)}") for m in self.matches]
         if self.owner_id is not None:
@@ -95,44 +112,27 @@ class IndexedSearch(Expression):
         return f"{pk} = ANY(ARRAY({inner}))", (*params, *(p for _, values in conditions for p in values))
 
 
-class HeaderMatch(Expression):
+class HeaderMatch(_MatchExpression):
     """One `protocol.Match` (in_header) as SQL over the `header` column of the instance table being queried."""
 
-    conditional = True
-    output_field = BooleanField()
-
-    def __init__(self, match: web.Match, header: Any = None):
-        super().__init__()
+    def __init__(self, match: web.Match):
+        super().__init__(F("header"))
         self.match = match
-        self.header = header if header is not None else F("header")
 
-    @property
-    def identity(self):
-        return (type(self), self.match.attribute.tag, self.match.kind, repr(self.match.value), self.header)
-
-    def __eq__(self, other):
-        return isinstance(other, HeaderMatch) and other.identity == self.identity
-
-    def __hash__(self):
-        return hash(self.identity)
-
-    def get_source_expressions(self):
-        return [self.header]
-
-    def set_source_expressions(self, exprs):
-        (self.header,) = exprs
+    def _key(self) -> tuple:
+        return _match_key(self.match)
 
     def as_sql(self, compiler, connection):
         raise NotSupportedError(f"matching on header attributes is not implemented for {connection.vendor}")
 
     def as_postgresql(self, compiler, connection):
-        header, params = compiler.compile(self.header)
-        terms = f"{compiler.quote_name_unless_alias(self.header.alias)}.{connection.ops.quote_name(TERMS_COLUMN)}"
+        header, params = compiler.compile(self.source)
+        terms = f"{compiler.quote_name_unless_alias(self.source.alias)}.{connection.ops.quote_name(TERMS_COLUMN)}"
         sql, values = _pg_condition(self.match, header=header, terms=terms)
         return sql, (*params, *values)
 
     def as_sqlite(self, compiler, connection):
-        header, params = compiler.compile(self.header)
+        header, params = compiler.compile(self.source)
         tag, vr = self.match.attribute.tag, self.match.attribute.vr
         text = "JSON_EXTRACT(e.value, '$.Alphabetic')" if vr == "PN" else "e.value"
         # Person names ignore case (LIKE); other strings are case-sensitive (GLOB has DICOM's own * and ?).

@@ -45,6 +45,9 @@ class ShareZipOnly(ServiceError):
     status = 409
     code = "share_zip_only"
 
+    def __init__(self, message: str = "this link shares a de-identified copy: download it from its zip") -> None:
+        super().__init__(message)
+
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()

@@ -407,16 +407,11 @@ class LevelViewSet(viewsets.ReadOnlyModelViewSet):
         delivery = (request.query_params.get("as") or "catalogue").lower()
         if delivery not in ("catalogue", "zip"):
             raise InvalidParameter(f"as must be zip or catalogue, not '{delivery[:20]}'")
-        instances = list(obj.instances.select_related("series").order_by("series__series_number", "series_id", "instance_number", "id"))
-        job = {"user": request.user, "level": self.level, "source_id": str(obj.pk), "instances": instances, "choices": body.choices()}
         if delivery == "zip":
-            record, chunks = deidentify.zip_stream(**job)
-            response = StreamingHttpResponse(chunks, content_type="application/zip")
-            response["Content-Disposition"] = content_disposition_header(True, f"deidentified-{record.pk}.zip")
-            response["Cache-Control"] = "private, no-store"
-            response["X-Deidentification-ID"] = str(record.pk)
-            return response
-        result = deidentify.to_catalogue(**job)
+            return deidentified_zip_response(user=request.user, level=self.level, obj=obj, choices=body.choices())
+        result = deidentify.to_catalogue(
+            user=request.user, level=self.level, source_id=str(obj.pk), instances=_in_order(obj), choices=body.choices()
+        )
         data = DeidentificationSerializer(result.record, context={"request": request}).data
         study = result.study
         data["study"] = None if study is None else {
@@ -559,6 +554,22 @@ class SeriesViewSet(LevelViewSet):
     detail_serializer = SeriesDetailSerializer
     uid_field = "series_instance_uid"
     level = "series"
+
+
+def _in_order(obj) -> list:
+    """A study's or series' instances in series and instance order, as de-identified copies take them."""
+    return list(obj.instances.select_related("series").order_by("series__series_number", "series_id", "instance_number", "id"))
+
+
+def deidentified_zip_response(*, user, level: str, obj, choices) -> StreamingHttpResponse:
+    """A de-identified copy of a study or series streamed as a zip (its record's id in X-Deidentification-ID): the
+    API's ?as=zip and a de-identified share link (studies/http/shares.py)."""
+    record, chunks = deidentify.zip_stream(user=user, level=level, source_id=str(obj.pk), instances=_in_order(obj), choices=choices)
+    response = StreamingHttpResponse(chunks, content_type="application/zip")
+    response["Content-Disposition"] = content_disposition_header(True, f"deidentified-{record.pk}.zip")
+    response["Cache-Control"] = "private, no-store"
+    response["X-Deidentification-ID"] = str(record.pk)
+    return response
 
 
 def archive_response(instances, filename: str) -> StreamingHttpResponse:

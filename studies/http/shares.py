@@ -10,15 +10,16 @@
 from __future__ import annotations
 
 import copy
+import functools
 
-from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.http import Http404, JsonResponse
 from django.urls import path, reverse
-from django.utils.http import content_disposition_header, urlencode
+from django.utils.http import urlencode
 from django.views.decorators.http import require_safe
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import IsAuthenticated
 
-from .. import deidentify, shares
+from .. import shares
 from ..dicomweb import urls as dicomweb_urls
 from ..errors import ServiceError
 from . import viewer
@@ -41,7 +42,7 @@ class ShareLinkAuthentication(BaseAuthentication):
         link = shares.open_link(secret, count=False)  # ShareNotFound (404), ShareExpired (410)
         request._request.share_link = link  # the audit trail records the use as the link's
         if link.deidentify:
-            raise shares.ShareZipOnly("this link shares a de-identified copy: download it from its zip")
+            raise shares.ShareZipOnly()
         return _owner_view(link), link
 
 
@@ -86,20 +87,28 @@ def _share_routes():
     return routes
 
 
-def _open(secret: str):
-    """The live link, or the error response for the recipient."""
-    try:
-        return shares.open_link(secret), None
-    except ServiceError as refused:
-        return None, JsonResponse(error_body(refused.message, refused.code), status=refused.status)
+def _refusal(refused: ServiceError) -> JsonResponse:
+    return JsonResponse(error_body(refused.message, refused.code), status=refused.status)
 
 
-@require_safe
-def landing(request, secret: str):
-    link, refused = _open(secret)
-    if refused:
-        return refused
-    request.share_link = link
+def live_link(view):
+    """A recipient's view of the link in the URL: called with the live link (recorded for the audit trail), or the
+    error for the recipient (404, 410) in the service's JSON shape."""
+
+    @functools.wraps(view)
+    def wrapped(request, secret: str):
+        try:
+            link = shares.open_link(secret)
+        except ServiceError as refused:
+            return _refusal(refused)
+        request.share_link = link
+        return view(request, secret, link)
+
+    return require_safe(wrapped)
+
+
+@live_link
+def landing(request, secret: str, link):
     study_uid = link.study.study_instance_uid
     base = f"/share/{secret}"
     body = {
@@ -115,34 +124,20 @@ def landing(request, secret: str):
     return response
 
 
-@require_safe
-def archive(request, secret: str):
-    link, refused = _open(secret)
-    if refused:
-        return refused
-    request.share_link = link
+@live_link
+def archive(request, secret: str, link):
+    from ..api.views import archive_response, deidentified_zip_response  # the API's own zips
+
     study = link.study
-    if not link.deidentify:
-        from ..api.views import archive_response  # the API's zip of original files
-
-        return archive_response(study.instances.all(), f"study-{study.study_instance_uid}.zip")
-    instances = list(study.instances.select_related("series").order_by("series__series_number", "series_id", "instance_number", "id"))
-    record, chunks = deidentify.zip_stream(user=link.owner, level="study", source_id=str(study.pk), instances=instances, choices=shares.choices(link))
-    response = StreamingHttpResponse(chunks, content_type="application/zip")
-    response["Content-Disposition"] = content_disposition_header(True, f"deidentified-{record.pk}.zip")
-    response["Cache-Control"] = "private, no-store"
-    return response
-
-
-@require_safe
-def viewer_page(request, secret: str):
-    link, refused = _open(secret)
-    if refused:
-        return refused
-    request.share_link = link
     if link.deidentify:
-        refused_zip = shares.ShareZipOnly("this link shares a de-identified copy: download it from its zip")
-        return JsonResponse(error_body(refused_zip.message, refused_zip.code), status=refused_zip.status)
+        return deidentified_zip_response(user=link.owner, level="study", obj=study, choices=shares.choices(link))
+    return archive_response(study.instances.all(), f"study-{study.study_instance_uid}.zip")
+
+
+@live_link
+def viewer_page(request, secret: str, link):
+    if link.deidentify:
+        return _refusal(shares.ShareZipOnly())
     return viewer.index_page(reverse("share-viewer-config", args=[secret]))
 
 

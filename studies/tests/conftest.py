@@ -417,6 +417,15 @@ def upload(client: APIClient, data: bytes, name: str = "scan.dcm", *, raw: bool 
     return client.post("/api/instances/", {"file": io.BytesIO(data) if not name else _named(data, name)}, format="multipart")
 
 
+def stored_instance(client: APIClient, **attributes):
+    """A fresh copy of CT_small.dcm with these attributes uploaded by `client`: its catalogue row."""
+    from studies.models import Instance
+
+    response = upload(client, dicom_bytes(**attributes))
+    assert response.status_code == 201, response.content
+    return Instance.objects.get(pk=response.json()["id"])
+
+
 def _named(data: bytes, name: str) -> io.BytesIO:
     handle = io.BytesIO(data)
     handle.name = name

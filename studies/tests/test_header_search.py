@@ -10,26 +10,20 @@ from pydicom.uid import generate_uid
 from studies.dicomweb import protocol as web
 from studies.models import Instance
 
-from .conftest import assert_error, client_for, dicom_bytes, upload
+from .conftest import assert_error, client_for, dicom_bytes, stored_instance, upload
 
 pytestmark = pytest.mark.django_db
 JSON = {"HTTP_ACCEPT": "application/dicom+json"}
 
 
-def _store(api, **attributes) -> Instance:
-    response = upload(api, dicom_bytes(**attributes))
-    assert response.status_code == 201, response.content
-    return Instance.objects.get(pk=response.json()["id"])
-
-
 @pytest.fixture
 def stored(api):
     """Two studies of the owner with different header values (CT_small.dcm: ImageType ORIGINAL\\PRIMARY\\AXIAL)."""
-    head = _store(
+    head = stored_instance(
         api, ProtocolName="HEAD ROUTINE", SliceThickness="5.0", AcquisitionDate="20200105", PerformingPhysicianName="Doe^Jane",
         AcquisitionDateTime="20200105101500", ContentTime="101500.25", ImageComments="50% [dose] re_done",
     )  # fmt: skip
-    chest = _store(
+    chest = stored_instance(
         api, ProtocolName="CHEST ROUTINE", SliceThickness="2.50", AcquisitionDate="20210301", PerformingPhysicianName="Roe^Rick",
         ImageType=["DERIVED", "SECONDARY"], ContentTime="235959", ImageComments="plain",
     )  # fmt: skip
@@ -95,7 +89,7 @@ def test_the_matched_attribute_is_returned(api, stored):
 def test_studies_and_series_match_when_one_of_their_instances_matches_every_key(api, stored):
     head = stored["head"]
     # A second instance in the head study's series, with other values.
-    other = _store(api, StudyInstanceUID=head.study.study_instance_uid, SeriesInstanceUID=head.series.series_instance_uid,
+    other = stored_instance(api, StudyInstanceUID=head.study.study_instance_uid, SeriesInstanceUID=head.series.series_instance_uid,
                    ProtocolName="HEAD ROUTINE", SliceThickness="1")  # fmt: skip
     assert other.series_id == head.series_id
 
@@ -158,7 +152,7 @@ def test_rest_lists_refuse_keys_they_cannot_match(api, stored, params):
 
 def test_values_longer_than_the_index_holds_still_match(api, stored):
     long = "x" * 129 + " comment"  # over the 128 characters dicom_search_terms() indexes: matched by reading the headers
-    tagged = _store(api, ImageComments=long)
+    tagged = stored_instance(api, ImageComments=long)
     assert _uids(api, ImageComments=long) == [tagged.sop_instance_uid]
     assert _uids(api, ImageComments=long[:-1]) == []
 
@@ -167,7 +161,7 @@ def test_many_uids_in_one_key(api, stored):
     head, chest = stored["head"], stored["chest"]
     # ReferencedSOPInstanceUID is not in CT_small; a UID-valued header key is matched as a list.
     uid = generate_uid()
-    tagged = _store(api, FrameOfReferenceUID=uid)
+    tagged = stored_instance(api, FrameOfReferenceUID=uid)
     assert _uids(api, FrameOfReferenceUID=f"{uid},{generate_uid()}") == [tagged.sop_instance_uid]
     assert _qido(api, "/dicomweb/studies", FrameOfReferenceUID=uid)[0]["0020000D"]["Value"] == [tagged.study.study_instance_uid]
     assert head.pk and chest.pk

@@ -17,24 +17,18 @@ from studies.audit.models import AuditEvent
 from studies.http import viewer
 from studies.models import Instance, ShareLink
 
-from .conftest import assert_error, client_for, dicom_bytes, drain, upload
+from .conftest import assert_error, client_for, dicom_bytes, drain, stored_instance, upload
 
 pytestmark = pytest.mark.django_db
 JSON = {"HTTP_ACCEPT": "application/dicom+json"}
 
 
-def _store(api, **attributes) -> Instance:
-    response = upload(api, dicom_bytes(**attributes))
-    assert response.status_code == 201, response.content
-    return Instance.objects.get(pk=response.json()["id"])
-
-
 @pytest.fixture
 def shared(api):
     """The owner's study (two instances of one series) and another study of theirs."""
-    first = _store(api, PatientName="Doe^Jane", PatientID="PID-SECRET-1")
-    second = _store(api, StudyInstanceUID=first.study.study_instance_uid, SeriesInstanceUID=first.series.series_instance_uid)
-    other = _store(api)
+    first = stored_instance(api, PatientName="Doe^Jane", PatientID="PID-SECRET-1")
+    second = stored_instance(api, StudyInstanceUID=first.study.study_instance_uid, SeriesInstanceUID=first.series.series_instance_uid)
+    other = stored_instance(api)
     return {"study": first.study, "instances": [first, second], "other": other}
 
 
