@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import FileResponse, StreamingHttpResponse
 from django.urls import reverse
-from django.utils.http import content_disposition_header, urlencode
+from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
@@ -29,6 +29,7 @@ from .. import bulk_upload, deidentify, header_search, labels, outbound, quotas,
 from ..dicomweb import qido
 from ..errors import InvalidParameter, InvalidUpload, MissingFile, ServiceError, UploadTooLarge
 from ..http import params
+from ..http import shares as share_pages
 from ..http.drf import FirstRendererNegotiation, ScopedUserThrottle
 from ..http.errors import error_response
 from ..http.images import image_response
@@ -459,11 +460,7 @@ class StudyViewSet(LevelViewSet):
         options = list(data["options"]) if data["deidentify"] else None
         link, secret = shares.create(owner=request.user, study=study, expires_in_hours=data.get("expires_in_hours"),
                                      deidentify_options=options, confirm_burned_in=data["confirm_burned_in"])  # fmt: skip
-        out = ShareLinkSerializer(link, context={"request": request}).data
-        base = request.build_absolute_uri(f"/share/{secret}")
-        out.update({"link": f"{base}/", "zip": f"{base}/zip", "viewer": None, "dicomweb": None})
-        if not link.deidentify:
-            out.update({"viewer": f"{base}/viewer?{urlencode({'StudyInstanceUIDs': study.study_instance_uid})}", "dicomweb": f"{base}/dicomweb"})
+        out = {**ShareLinkSerializer(link, context={"request": request}).data, **share_pages.addresses(request, secret, link)}
         return Response(out, status=201, headers={"Location": str(out["url"])})
 
     @extend_schema(

@@ -107,17 +107,26 @@ def live_link(view):
     return require_safe(wrapped)
 
 
+def addresses(request, secret: str, link) -> dict:
+    """What the link opens, as absolute URLs (the answer that makes a link, and its landing): a de-identified link
+    the zip only."""
+    base = request.build_absolute_uri(f"/share/{secret}")
+    viewer_url = f"{base}/viewer?{urlencode({'StudyInstanceUIDs': link.study.study_instance_uid})}"
+    return {
+        "link": f"{base}/",
+        "zip": f"{base}/zip",
+        "viewer": None if link.deidentify else viewer_url,
+        "dicomweb": None if link.deidentify else f"{base}/dicomweb",
+    }
+
+
 @live_link
 def landing(request, secret: str, link):
-    study_uid = link.study.study_instance_uid
-    base = f"/share/{secret}"
     body = {
-        "study_instance_uid": None if link.deidentify else study_uid,
+        "study_instance_uid": None if link.deidentify else link.study.study_instance_uid,
         "expires_at": link.expires_at.isoformat(),
         "deidentified": link.deidentify,
-        "zip": request.build_absolute_uri(f"{base}/zip"),
-        "viewer": None if link.deidentify else request.build_absolute_uri(f"{base}/viewer?{urlencode({'StudyInstanceUIDs': study_uid})}"),
-        "dicomweb": None if link.deidentify else request.build_absolute_uri(f"{base}/dicomweb"),
+        **addresses(request, secret, link),
     }
     response = JsonResponse(body)
     response["Cache-Control"] = "private, no-store"

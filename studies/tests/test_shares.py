@@ -193,3 +193,14 @@ def test_the_viewer_page_is_configured_for_the_link(api, shared):
     assert viewer.viewer_root() is not None, "make test installs the viewer's build (make viewer)"
     assert page.status_code == 200 and f"/share/{secret}/app-config.js".encode() in page.content
     assert b"/viewer/app-config.js" not in page.content
+
+
+def test_a_link_goes_with_its_study(api, shared):
+    """Deleting the study's last instance deletes the study, and its links with it: the link then opens nothing."""
+    study = shared["study"]
+    secret = _secret(_share(api, study))
+    for instance in shared["instances"]:
+        assert api.delete(f"/api/instances/{instance.pk}/").status_code == 204
+    assert not ShareLink.objects.filter(study_id=study.pk).exists()
+    assert_error(Client().get(f"/share/{secret}/"), 404, "not_found")
+    assert_error(Client().get(f"/share/{secret}/dicomweb/studies", **JSON), 404, "not_found")
